@@ -1,0 +1,248 @@
+"""The robustzoo weight format: ``model.safetensors`` (+ ``config.json``), loaded strictly.
+
+A weight file is a plain safetensors file whose header metadata carries everything needed to
+rebuild the model (``arch``, ``width``, ``in_chans``, ``num_classes``, ``mean``, ``std``, ``name``,
+``robustzoo_version`` and the full ``config`` as JSON). Loading never unpickles anything: the
+header is parsed and validated here (size, JSON, dtypes, offsets) before safetensors maps the
+bytes, and the state dict must match the rebuilt model key for key and shape for shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import WeightFormatError
+from .models import create_model
+
+__all__ = ["save_pretrained", "load_file", "read_metadata", "describe_bytes", "WEIGHTS_NAME", "CONFIG_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "robustzoo"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # far above any real model's header, far below a memory bomb
+_DTYPES = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+_FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder and ``os.replace`` it: never a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike, *, name: str = "", metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` for ``model`` into ``directory``.
+
+    Args:
+        model: a :class:`~robustzoo.models.ResNet` or :class:`~robustzoo.models.SoftmaxEnsemble`.
+        directory: created if missing; existing files are replaced atomically.
+        name: the registry name (or any label) recorded in the metadata.
+        metadata: extra string key/values (provenance, recipe, ...) stored in the header.
+
+    Returns:
+        The path of the written ``model.safetensors``.
+    """
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or "arch" not in config:
+        raise TypeError(f"save_pretrained needs a robustzoo model, got {type(model).__name__}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "robustzoo_version": _version(),
+        "config": json.dumps(config, sort_keys=True),
+        "arch": config["arch"],
+    }
+    if config["arch"] != "ensemble":
+        meta.update({k: json.dumps(config[k]) for k in ("width", "in_chans", "num_classes", "mean", "std")})
+    for key, value in (metadata or {}).items():
+        if not isinstance(value, str):
+            raise TypeError(f"metadata values must be str, {key!r} is {type(value).__name__}")
+        meta.setdefault(key, value)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path = directory / WEIGHTS_NAME
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    card = dict(config, name=name, robustzoo_version=meta["robustzoo_version"])
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    return path
+
+
+def describe_bytes(head: bytes) -> str:
+    """Say what a file that is not safetensors most likely is, from its first bytes."""
+    stripped = head.lstrip().lower()
+    if not head:
+        return "an empty file"
+    if stripped.startswith((b"<!doctype html", b"<html")) or b"<html" in stripped[:512]:
+        return "an HTML page (a login, quota or error page saved in place of the weights?)"
+    if head[:2] == b"PK":
+        return "a zip archive (a torch.save pickle checkpoint); convert it with `robustzoo convert`"
+    if head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05":
+        return "a raw pickle (refused: unpickling can run code); convert it with `robustzoo convert`"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip archive"
+    if stripped.startswith((b"{", b"[")):
+        return "a JSON document"
+    return "not a safetensors file"
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
+    """Parse and validate a safetensors header without reading the tensors.
+
+    Returns ``(metadata, tensor_entries)``. Raises :class:`WeightFormatError` naming what the
+    file is when it is not a well-formed safetensors file (HTML page, pickle, truncated...).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise WeightFormatError(f"{path} is {describe_bytes(head)}: too short for safetensors")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or n + 8 > size:
+                f.seek(0)
+                what = describe_bytes(f.read(512))
+                if what == "not a safetensors file" and n + 8 > size and n <= MAX_HEADER_BYTES:
+                    what = "a truncated safetensors file"
+                raise WeightFormatError(f"{path} is {what} (header length {n}, file size {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WeightFormatError(f"{path} is {describe_bytes(head + raw[:504])} (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise WeightFormatError(f"{path}: safetensors header must be a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WeightFormatError(f"{path}: __metadata__ must map strings to strings")
+    end = 0
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise WeightFormatError(f"{path}: malformed entry for tensor {key!r}")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if entry["dtype"] not in _DTYPES:
+            raise WeightFormatError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']!r}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise WeightFormatError(f"{path}: tensor {key!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise WeightFormatError(f"{path}: tensor {key!r} has invalid data_offsets {offsets!r}")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise WeightFormatError(f"{path} is a truncated safetensors file ({size} bytes, needs {8 + n + end})")
+    return meta, header
+
+
+def _config_from_meta(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise WeightFormatError(
+            f"{path} is a safetensors file but not a robustzoo one (no robustzoo config in its metadata); "
+            "build the model yourself and use safetensors.torch.load_model, or convert it"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WeightFormatError(
+            f"{path} has robustzoo format version {meta.get('format_version')!r}; this robustzoo reads "
+            f"version {FORMAT_VERSION} (upgrade robustzoo)"
+        )
+    try:
+        config = json.loads(meta["config"])
+    except json.JSONDecodeError:
+        raise WeightFormatError(f"{path}: the config in the metadata is not valid JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), str):
+        raise WeightFormatError(f"{path}: the config in the metadata has no 'arch'")
+    return config
+
+
+def build_from_metadata(path: str | os.PathLike) -> tuple[nn.Module, dict[str, str], dict[str, Any]]:
+    """Rebuild the (untrained) model a weight file describes, with the file's metadata and header."""
+    path = Path(path)
+    meta, entries = read_metadata(path)
+    config = _config_from_meta(path, meta)
+    try:
+        model = create_model(**config)
+    except (TypeError, ValueError) as e:
+        raise WeightFormatError(f"{path}: its config cannot build a model: {e}") from None
+    return model, meta, entries
+
+
+def check_state_dict(model: nn.Module, entries: Mapping[str, Any], path: Path) -> None:
+    """Strict key/shape/dtype check of a header against a model, naming every mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(entries))
+    unexpected = sorted(set(entries) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    for key in sorted(set(expected) & set(entries)):
+        want, got = list(expected[key].shape), entries[key]["shape"]
+        if want != got:
+            problems.append(f"{key}: shape {got} in file, model needs {want}")
+        if expected[key].is_floating_point() != (entries[key]["dtype"] in _FLOAT_DTYPES):
+            problems.append(f"{key}: dtype {entries[key]['dtype']} does not fit {expected[key].dtype}")
+    if problems:
+        raise WeightFormatError(f"{path} does not match its model: " + "; ".join(problems[:8]))
+
+
+def _short(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_location: str = "cpu") -> nn.Module:
+    """Rebuild the model described by a robustzoo ``model.safetensors`` and load it strictly.
+
+    ``path`` may be the file or a directory holding ``model.safetensors``. ``num_classes`` swaps the
+    head (after a strict load of the published weights) for fine-tuning on another label set.
+    The model is returned in eval mode; its metadata is in ``model.pretrained_meta``.
+    """
+    from safetensors.torch import load_file as st_load
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    model, meta, entries = build_from_metadata(path)
+    check_state_dict(model, entries, path)
+    try:
+        state = st_load(str(path), device=map_location)
+    except Exception as e:  # safetensors raises its own SafetensorError for corrupt bodies
+        raise WeightFormatError(f"{path} cannot be read as safetensors: {e}") from None
+    expected = model.state_dict()
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.pretrained_meta = dict(meta)
+    if num_classes is not None and num_classes != getattr(model, "num_classes", num_classes):
+        if not hasattr(model, "reset_classifier"):
+            raise ValueError(f"{meta.get('arch')} models cannot change num_classes")
+        model.reset_classifier(num_classes)
+    return model.to(map_location).eval()
