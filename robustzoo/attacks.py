@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterator
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["pgd", "fgsm", "trades_adv", "model_mode"]
+__all__ = ["pgd", "fgsm", "trades_adv", "model_mode", "check_attack_args"]
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 _MODES = ("eval", "train", None)
@@ -59,13 +60,10 @@ def model_mode(model: nn.Module | None, mode: str | None) -> Iterator[None]:
             m.training = training
 
 
-def _check(x: torch.Tensor, eps: float, alpha: float, steps: int, norm: str, restarts: int = 1) -> None:
-    # Only metadata checks: validating pixel values would need a device sync on every call.
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise DataError(f"x must be a floating-point tensor (B, ...), got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+def check_attack_args(eps: float, alpha: float, steps: int, norm: str = "linf", restarts: int = 1) -> None:
+    """Raise :class:`DataError` for a negative/non-finite budget or step size, bad steps/norm/restarts."""
     for name, v in (("eps", eps), ("alpha", alpha)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
             raise DataError(f"{name} must be a finite number >= 0 (pixel units, e.g. 8/255), got {v!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise DataError(f"steps must be an int >= 0, got {steps!r}")
@@ -73,6 +71,14 @@ def _check(x: torch.Tensor, eps: float, alpha: float, steps: int, norm: str, res
         raise DataError(f"restarts must be an int >= 1, got {restarts!r}")
     if norm not in _NORMS:
         raise DataError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+def _check(x: torch.Tensor, eps: float, alpha: float, steps: int, norm: str, restarts: int = 1) -> None:
+    # Only metadata checks: validating pixel values would need a device sync on every call.
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise DataError(f"x must be a floating-point tensor (B, ...), got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+    check_attack_args(eps, alpha, steps, norm, restarts)
 
 
 def _generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:

@@ -1,0 +1,251 @@
+"""Clean and robust accuracy with sanity checks, following the paper's protocol (spec section 4.6).
+
+Robust accuracy (RA) is top-1 accuracy under a white-box Linf attack, eps 8/255, with the model in
+eval mode: the paper's number is PGD-20, step 2/255, uniform random start, one restart, CE on logits.
+AutoAttack (Croce and Hein, ICML 2020) in its fixed ``version="standard"`` is available through the
+``pyautoattack`` package (``pip install robustzoo[autoattack]``); it is never re-implemented here.
+
+Before any number is reported, the checks of AutoAttack's ``checks.py`` run on the first batch:
+outputs that look like probabilities instead of logits, zero input gradients (gradient masking)
+and randomised outputs each raise a :class:`EvaluationWarning`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import check_attack_args, model_mode, pgd
+from .data import load_data
+from .errors import DataError, RobustZooError
+
+__all__ = ["EvalResult", "EvaluationWarning", "evaluate", "cw_margin"]
+
+_PGD = re.compile(r"^pgd(\d+)(-cw|-ce)?$")
+
+
+class EvaluationWarning(UserWarning):
+    """A sign that a robustness number may be wrong (probabilities as outputs, gradient masking...)."""
+
+
+@dataclass
+class EvalResult:
+    """Result of :func:`evaluate`.
+
+    Attributes:
+        accuracy: percent (0-100, like the paper) per attack name; robust accuracies count a sample
+            only if it is classified correctly both clean *and* under the attack.
+        correct: per-sample boolean tensors (n,) per attack name, with the same AND rule.
+        settings: eps, alpha, steps/loss per attack, restarts, n, seed, batch size, versions, timings.
+        n: number of evaluated samples.
+    """
+
+    accuracy: dict[str, float]
+    correct: dict[str, torch.Tensor] = field(repr=False)
+    settings: dict
+    n: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no tensors)."""
+        return {"accuracy": dict(self.accuracy), "n": self.n, "settings": dict(self.settings)}
+
+    def __str__(self) -> str:
+        rows = [f"{name:<12} {acc:6.2f} %" for name, acc in self.accuracy.items()]
+        eps = self.settings.get("eps", 0.0)
+        return f"n={self.n}, eps={eps:.5f} ({eps * 255:.1f}/255)\n" + "\n".join(rows)
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (positive = misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return other.amax(1) - z_y
+
+
+def _parse_attacks(attacks) -> list[dict]:
+    if isinstance(attacks, str):
+        attacks = (attacks,)
+    specs, known = [], ["clean", "pgd20", "pgd10", "pgd20-cw", "pgd100", "autoattack"]
+    for name in attacks:
+        key = str(name).lower()
+        m = _PGD.match(key)
+        if key == "clean":
+            specs.append({"name": "clean", "kind": "clean"})
+        elif key in ("autoattack", "aa"):
+            specs.append({"name": "autoattack", "kind": "autoattack", "version": "standard"})
+        elif m and int(m.group(1)) > 0:
+            loss = "cw" if m.group(2) == "-cw" else "ce"
+            specs.append({"name": key, "kind": "pgd", "steps": int(m.group(1)), "loss": loss})
+        else:
+            close = difflib.get_close_matches(key, known, n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise DataError(f"unknown attack {name!r}{hint} (use 'clean', 'pgdK' (CE, K steps, e.g. "
+                            "'pgd20'), 'pgdK-cw' (CW margin loss) or 'autoattack')")
+    if not specs:
+        raise DataError("attacks is empty; e.g. attacks=('clean', 'pgd20')")
+    return specs
+
+
+def _sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """AutoAttack-style checks (``checks.py``) on one batch; warns, returns what it found."""
+    with torch.no_grad():
+        out1, out2 = model(x), model(x)
+    found = {"randomized": not torch.allclose(out1, out2, atol=1e-5)}
+    if found["randomized"]:
+        warnings.warn("the model's outputs differ between two identical forward passes in eval mode: "
+                      "a randomised defence needs an EOT attack; these numbers may overestimate robustness",
+                      EvaluationWarning, stacklevel=3)
+    in_unit = bool(((out1 >= 0) & (out1 <= 1)).all())
+    found["probabilities"] = in_unit and torch.allclose(out1.sum(1), torch.ones_like(out1[:, 0]), atol=1e-3)
+    if found["probabilities"]:
+        warnings.warn("the model's outputs look like probabilities (rows in [0,1] summing to 1), not logits: "
+                      "cross-entropy on probabilities weakens gradient attacks; return logits (or log-probs)",
+                      EvaluationWarning, stacklevel=3)
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    zero = int((grad.flatten(1).abs().amax(1) == 0).sum())
+    found["zero_gradients"] = zero
+    if zero:
+        warnings.warn(f"{zero} of {len(x)} samples have an all-zero input gradient: possible gradient masking; "
+                      "gradient-based robust accuracy may be overestimated (try 'autoattack')",
+                      EvaluationWarning, stacklevel=3)
+    return found
+
+
+def _pgd_correct(model, x, y, spec, *, eps, alpha, restarts, generator, amp) -> torch.Tensor:
+    loss_fn = ((lambda z: F.cross_entropy(model(z), y, reduction="none")) if spec["loss"] == "ce"
+               else (lambda z: cw_margin(model(z), y)))
+    correct = torch.ones_like(y, dtype=torch.bool)
+    # Restarts count a sample as broken if ANY restart misclassifies it (the usual worst-case rule).
+    for _ in range(restarts):
+        x_adv = pgd(loss_fn, x, eps=eps, alpha=alpha, steps=spec["steps"], model=model, mode="eval",
+                    generator=generator, amp=amp)
+        with torch.no_grad():
+            correct &= model(x_adv).argmax(1) == y
+    return correct
+
+
+def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str]:
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as e:  # the optional extra
+        raise RobustZooError("attack 'autoattack' needs the AutoAttack package: pip install robustzoo[autoattack]"
+                             ) from e
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    try:  # FAB calls .backward(): freezing the weights saves their gradients and keeps .grad clean
+        for p, _ in params:
+            p.requires_grad_(False)
+        _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
+    return (y_adv.to(y.device) == y), metadata.version("pyautoattack")
+
+
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    eps: float = 8 / 255,
+    attacks=("clean", "pgd20"),
+    alpha: float | None = None,
+    n: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    restarts: int = 1,
+    split: str = "test",
+    root: str | None = None,
+    progress: bool = True,
+    amp: bool = False,
+) -> EvalResult:
+    """Clean and robust top-1 accuracy of ``model`` on ``data`` (in eval mode, restored afterwards).
+
+    Args:
+        model: a classifier taking [0, 1] inputs and returning logits (robustzoo models do).
+        data: anything :func:`robustzoo.data.load_data` accepts: a name ("cifar10", "fmnist-mini"...),
+            a Dataset, a DataLoader or ``(x, y)`` tensors.
+        eps: Linf budget in pixel units (paper: 8/255; Fashion-MNIST demo: 0.1).
+        attacks: names among ``"clean"``, ``"pgdK"`` (CE, K steps, e.g. ``"pgd20"`` = the paper's RA),
+            ``"pgdK-cw"`` (CW margin loss), ``"autoattack"`` (standard AutoAttack, Linf).
+        alpha: PGD step size; default ``eps / 4`` (2/255 at 8/255, as in the paper).
+        n: evaluate the first ``n`` samples only (file order, like RobustBench).
+        batch_size: evaluation batch size.
+        device: where to run; default the model's device (the model is moved if this differs).
+        seed: seeds the PGD random starts (and AutoAttack), so results are reproducible.
+        restarts: PGD restarts; a sample counts as robust only if it survives all of them.
+        split: split to load when ``data`` is a name (default the test split).
+        root: dataset root when ``data`` is a name.
+        progress: show a tqdm bar per attack.
+        amp: bf16 autocast during PGD (faster on GPU; keep False for reported numbers).
+
+    Returns:
+        :class:`EvalResult` with accuracies in percent; every robust number counts a sample as
+        correct only if it is correct clean and under the attack.
+    """
+    specs = _parse_attacks(attacks)
+    alpha = eps / 4 if alpha is None else alpha
+    check_attack_args(eps, alpha, max([s.get("steps", 0) for s in specs]), "linf", restarts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if getattr(model, "num_classes", 1) == 0:
+        raise DataError("the model has no classifier head (num_classes=0); fine-tune it or reset_classifier(n)")
+    ref = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+    x, y = load_data(data, split=split, root=root, n=n, in_chans=getattr(model, "in_chans", None),
+                     num_classes=getattr(model, "num_classes", None))
+    model.to(device)
+    gen = torch.Generator(device=device)
+    settings = {"eps": float(eps), "alpha": float(alpha), "norm": "Linf", "restarts": restarts, "n": len(x),
+                "seed": seed, "batch_size": batch_size, "device": str(device), "amp": amp,
+                "attacks": specs, "seconds": {}, "versions": {"torch": torch.__version__}}
+    from . import __version__
+
+    settings["versions"]["robustzoo"] = __version__
+    correct: dict[str, torch.Tensor] = {}
+    with model_mode(model, "eval"):
+        settings["checks"] = _sanity_checks(model, x[:batch_size].to(device), y[:batch_size].to(device))
+        clean = torch.cat([model_correct(model, xb.to(device), yb.to(device)).cpu()
+                           for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+        for spec in specs:
+            t0, name = time.perf_counter(), spec["name"]
+            if spec["kind"] == "clean":
+                got = clean
+            elif spec["kind"] == "autoattack":
+                got, settings["versions"]["pyautoattack"] = _autoattack(
+                    model, x, y, eps=eps, batch_size=batch_size, device=device, seed=seed)
+            else:
+                gen.manual_seed(seed)
+                parts, done = [], 0
+                bar = tqdm(total=len(x), desc=name, disable=not progress, leave=False)
+                for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+                    parts.append(_pgd_correct(model, xb.to(device), yb.to(device), spec, eps=eps, alpha=alpha,
+                                              restarts=restarts, generator=gen, amp=amp).cpu())
+                    done += int(parts[-1].sum())
+                    bar.update(len(xb))
+                    bar.set_postfix(acc=f"{100 * done / bar.n:.1f}%")
+                bar.close()
+                got = torch.cat(parts)
+            settings["seconds"][name] = round(time.perf_counter() - t0, 3)
+            correct[name] = clean & got.cpu()  # robust implies clean-correct, by definition
+    accuracy = {k: 100.0 * v.float().mean().item() for k, v in correct.items()}
+    if any(accuracy[k] > 100.0 * clean.float().mean().item() + 1e-9 for k in accuracy):
+        raise RobustZooError(f"internal error: a robust accuracy exceeds the clean one: {accuracy}")
+    return EvalResult(accuracy=accuracy, correct=correct, settings=settings, n=len(x))
+
+
+def model_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample top-1 correctness on clean inputs (no gradient)."""
+    with torch.no_grad():
+        return model(x).argmax(1) == y
