@@ -20,7 +20,7 @@ timm contract: ``num_features``, ``forward_features``, ``forward_head``, ``reset
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import UnknownModelError
 
@@ -134,8 +134,8 @@ def _cifar_entries() -> list[WeightSpec]:
 
 def _embedded_entries() -> list[WeightSpec]:
     """The tiny Fashion-MNIST zoo trained here (filled from ``robustzoo/zoo/zoo.json``)."""
-    from importlib import resources
     import json
+    from importlib import resources
 
     try:
         raw = resources.files("robustzoo").joinpath("zoo", "zoo.json").read_text()

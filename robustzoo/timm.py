@@ -13,7 +13,8 @@ offline support); unpublished weights raise :class:`~robustzoo.errors.NotPublish
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from timm.models import register_model
 

@@ -13,10 +13,10 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 from torch import nn
 
 from .errors import WeightFormatError
