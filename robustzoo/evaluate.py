@@ -227,14 +227,15 @@ def evaluate(
                     model, x, y, eps=eps, batch_size=batch_size, device=device, seed=seed)
             else:
                 gen.manual_seed(seed)
-                parts, done = [], 0
+                parts, done, seen = [], 0, 0
                 bar = tqdm(total=len(x), desc=name, disable=not progress, leave=False)
                 for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
                     parts.append(_pgd_correct(model, xb.to(device), yb.to(device), spec, eps=eps, alpha=alpha,
                                               restarts=restarts, generator=gen, amp=amp).cpu())
-                    done += int(parts[-1].sum())
-                    bar.update(len(xb))
-                    bar.set_postfix(acc=f"{100 * done / bar.n:.1f}%")
+                    if progress:  # the count syncs with the device: only when a bar shows it
+                        done, seen = done + int(parts[-1].sum()), seen + len(xb)
+                        bar.update(len(xb))
+                        bar.set_postfix(acc=f"{100 * done / seen:.1f}%")
                 bar.close()
                 got = torch.cat(parts)
             settings["seconds"][name] = round(time.perf_counter() - t0, 3)
