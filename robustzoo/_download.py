@@ -17,11 +17,12 @@ from pathlib import Path
 
 from .errors import ChecksumError, DownloadError
 
-__all__ = ["file_sha256", "git_blob_sha1", "fetch_url", "RETRIES", "BACKOFF"]
+__all__ = ["file_sha256", "git_blob_sha1", "fetch_url", "hub_download", "RETRIES", "BACKOFF"]
 
 RETRIES = 4  # attempts after the first one, for 5xx, dropped connections and timeouts
 BACKOFF = 0.5  # seconds before the first retry, doubled each time (0.5, 1, 2, 4)
 CHUNK = 1 << 20
+STREAM_CHUNK = 1 << 16  # small: a chunk cut by a dropped connection is lost and fetched again on resume
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -72,14 +73,17 @@ def fetch_url(url: str, target: Path, *, sha256: str | None = None, force: bool 
         if force:
             part.unlink(missing_ok=True)
         _download(url, part, progress)
+        digest = file_sha256(part)
         if sha256 is not None:
-            digest = file_sha256(part)
             if digest != sha256:
                 part.unlink(missing_ok=True)
+                Path(str(part) + ".etag").unlink(missing_ok=True)
                 raise ChecksumError(
                     f"{url} served bytes with sha256 {digest}, expected {sha256}; nothing was cached "
                     "(the server or a proxy returned another file; retry, or check the URL)"
                 )
+        # Without an expected hash, record the one seen at download time: later loads detect a changed file.
+        Path(str(target) + ".sha256").write_text(digest)
         os.replace(part, target)
         Path(str(part) + ".etag").unlink(missing_ok=True)
     return target
@@ -137,9 +141,69 @@ def _attempt(session, url: str, part: Path, progress: bool) -> None:
         with open(part, "ab" if have else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=Path(url).name, disable=not progress
         ) as bar:
-            for chunk in r.iter_content(CHUNK):
+            for chunk in r.iter_content(STREAM_CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Retry(f"received {size} of {total} bytes")
+
+
+def hub_download(repo_id: str, filename: str, revision: str, *, label: str, endpoint: str, cache: Path,
+                 offline_why: str | None, force: bool, progress: bool) -> str:
+    """``hf_hub_download`` into ``cache`` with its errors translated into robustzoo's.
+
+    huggingface_hub is imported here, not at module import, so ``import robustzoo`` stays light.
+    """
+    from huggingface_hub import errors as hfe
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import httpx
+
+    from . import __version__
+    from .errors import OfflineError
+
+    what = f"{filename} from {repo_id} at revision {revision} ({endpoint})"
+    try:
+        return hf_hub_download(
+            repo_id, filename, revision=revision, endpoint=endpoint, cache_dir=str(cache),
+            local_files_only=bool(offline_why), force_download=force, library_name="robustzoo",
+            library_version=__version__, tqdm_class=None if progress else _silent_tqdm(),
+        )
+    except hfe.RevisionNotFoundError:
+        raise DownloadError(f"revision {revision!r} does not exist in {repo_id} ({endpoint})") from None
+    except hfe.RemoteEntryNotFoundError:
+        raise DownloadError(f"{repo_id} has no file {filename!r} at revision {revision} ({endpoint})") from None
+    except hfe.RepositoryNotFoundError:
+        raise DownloadError(
+            f"repository {repo_id} not found on {endpoint} (misspelled, private, or the wrong endpoint: "
+            "see ROBUSTZOO_ENDPOINT)"
+        ) from None
+    except hfe.LocalEntryNotFoundError as e:
+        if offline_why:
+            raise OfflineError(
+                f"offline mode is on ({offline_why}) and {what} is not in the cache {cache}. Pre-fetch it with "
+                f"network access using `robustzoo download {label}` (same cache folder), or turn offline mode off."
+            ) from None
+        raise DownloadError(f"cannot download {what}, and no cached copy in {cache}: {cause(e)}") from None
+    except hfe.HfHubHTTPError as e:
+        raise DownloadError(f"HTTP {e.response.status_code} while downloading {what}") from None
+    except (httpx.HTTPError, OSError, ValueError) as e:  # dropped/stalled transfers, size mismatch
+        raise DownloadError(f"downloading {what} failed: {cause(e)}") from None
+
+
+def cause(e: BaseException) -> str:
+    """The innermost message of an exception chain (what actually went wrong), one line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
+def _silent_tqdm():
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent

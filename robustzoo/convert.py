@@ -37,6 +37,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,17 +102,27 @@ def _read(path: Path) -> object:
     """``torch.load`` restricted to tensors and plain containers; nothing in the file is executed."""
     if not path.is_file():
         raise ConversionError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        what = describe_bytes(f.read(512)).split(" (")[0].split(";")[0]  # drop its safetensors-specific advice
+    what = "unrecognised data" if what == "not a safetensors file" else what
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
-        raise ConversionError(
-            f"{path} contains non-tensor objects and was refused without running anything "
-            f"(weights_only unpickler: {first}). Only plain state dicts can be converted."
-        ) from None
-    except Exception as e:  # corrupt zip, truncated file, HTML page, ...: say what the bytes look like
-        with open(path, "rb") as f:
-            what = describe_bytes(f.read(512))
+        reason = next((ln.strip() for ln in str(e).splitlines() if re.search(r"(?i)global|unsupported", ln)), "")
+        if re.search(r"(?i)global", reason):
+            raise ConversionError(
+                f"{path} contains non-tensor objects and was refused without running anything ({reason}). "
+                "Only plain state dicts can be converted."
+            ) from None
+        if "pickle" in what or "zip" in what:
+            raise ConversionError(
+                f"{path} is {what} that the restricted (weights_only) loader cannot read ({reason}); nothing in it "
+                "was run. Load it where you trust it and re-save its state dict with torch.save."
+            ) from None
+        raise ConversionError(f"{path} is not a readable torch checkpoint ({what})") from None
+    except Exception as e:  # corrupt zip, truncated file, ...: say what the bytes look like
         raise ConversionError(f"{path} is not a readable torch checkpoint ({what}; {type(e).__name__})") from None
 
 
@@ -150,8 +162,12 @@ def _get(state: dict[str, torch.Tensor], key: str, ndim: int | None, fmt: str, p
     return state[key]
 
 
-def _build(state: dict, layout: _Layout, fmt: str, path: Path, seed: int) -> ResNet:
-    """Infer arch/width/in_chans/head/normaliser from the shapes and build the target model."""
+def _build(state: dict, layout: _Layout, fmt: str, path: Path, seed: int, device: str) -> ResNet:
+    """Infer arch/width/in_chans/head/normaliser from the shapes and build the target model.
+
+    Built first on the ``meta`` device: a hostile stem shape could otherwise ask for a model of
+    any size before the other shapes are checked.
+    """
     mods = layout.modules
     conv = _get(state, f"{mods['conv1']}.weight", 4, fmt, path)
     if tuple(conv.shape[2:]) != (3, 3):
@@ -168,23 +184,22 @@ def _build(state: dict, layout: _Layout, fmt: str, path: Path, seed: int) -> Res
                 raise ConversionError(f"{path}: normaliser {name} {t.flatten().tolist()[:8]} does not fit the input")
             stats[name] = [float(v) for v in t.flatten()]
     try:
-        with torch.random.fork_rng(devices=[]):  # parts left at init are reproducible: seeded, global RNG untouched
+        with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, global RNG untouched
             torch.manual_seed(seed)
             return ResNet(arch, num_classes=int(num_classes), in_chans=int(conv.shape[1]),
                           width=conv.shape[0] / 64, **stats)
-    except ValueError as e:
+    except (ValueError, RuntimeError, ArithmeticError) as e:
         raise ConversionError(f"{path}: cannot build the model these shapes describe: {e}") from None
 
 
 def _map(model: ResNet, state: dict, layout: _Layout, fmt: str, path: Path) -> dict[str, torch.Tensor]:
-    """Our full state dict, each entry taken from its table-given source key and checked."""
+    """Our state dict (all but the parts left at init), each entry from its table-given source key, checked."""
     target = model.state_dict()
     out, used, missing, problems = {}, set(), [], []
     for key, ref in target.items():
         module, _, rest = key.partition(".")
         prefix = layout.modules[module]
-        if prefix is None:
-            out[key] = ref  # left at its (seeded) init, recorded in the metadata
+        if prefix is None:  # left at its (seeded) init, recorded in the metadata
             continue
         src = f"{prefix}.{rest}"
         if src not in state:
@@ -268,8 +283,9 @@ def convert(
     for path in paths:
         state, extra = _unwrap(_read(path), format, path)
         ignored.update(extra)
-        model = _build(state, layout, format, path, seed)
-        model.load_state_dict(_map(model, state, layout, format, path), strict=True)
+        mapped = _map(_build(state, layout, format, path, seed, "meta"), state, layout, format, path)
+        model = _build(state, layout, format, path, seed, "cpu")
+        model.load_state_dict({**model.state_dict(), **mapped}, strict=True)
         members.append(model.eval())
     try:
         model = members[0] if len(members) == 1 else SoftmaxEnsemble(members).eval()

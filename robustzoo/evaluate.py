@@ -240,8 +240,8 @@ def evaluate(
                 got = torch.cat(parts)
             settings["seconds"][name] = round(time.perf_counter() - t0, 3)
             correct[name] = clean & got.cpu()  # robust implies clean-correct, by definition
-    accuracy = {k: 100.0 * v.float().mean().item() for k, v in correct.items()}
-    if any(accuracy[k] > 100.0 * clean.float().mean().item() + 1e-9 for k in accuracy):
+    accuracy = {k: 100.0 * v.double().mean().item() for k, v in correct.items()}
+    if any(accuracy[k] > 100.0 * clean.double().mean().item() + 1e-9 for k in accuracy):
         raise RobustZooError(f"internal error: a robust accuracy exceeds the clean one: {accuracy}")
     return EvalResult(accuracy=accuracy, correct=correct, settings=settings, n=len(x))
 

@@ -54,8 +54,11 @@ class EncoderLayer(nn.Module):
         heads = lambda t: t.view(b, n, self.n_heads, self.d_k).transpose(1, 2)  # noqa: E731  (B, h, N, d_k)
         q, k, v = heads(self.w_qs(x)), heads(self.w_ks(x)), heads(self.w_vs(x))
         drop = self.dropout if self.training else 0.0
-        # scale 1/sqrt(d_k) as in the paper's ScaledDotProductAttention (temperature d_k ** 0.5)
-        att = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        # Written out rather than F.scaled_dot_product_attention: the fused kernels have no double
+        # backward, which the ensemble's gradient penalty needs; on 13 tokens the math path is cheap.
+        # Scale 1/sqrt(d_k) as in the paper's ScaledDotProductAttention (temperature d_k ** 0.5).
+        w = F.dropout(torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_k), dim=-1), drop, self.training)
+        att = w @ v  # (B, h, N, d_k)
         att = att.transpose(1, 2).reshape(b, n, self.n_heads * self.d_k)
         x = self.ln_attn(F.dropout(self.fc(att), drop, self.training) + x)
         ffn = self.w_2(F.gelu(self.w_1(x), approximate="tanh"))

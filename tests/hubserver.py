@@ -45,7 +45,8 @@ class Fault:
     times: int = 1
     method: str = "GET"  # "GET", "HEAD" or "*"
     path: str = ""  # substring the request path must contain ("" = any)
-    at: int | None = None  # drop: absolute byte offset where the connection is cut (default: half the file)
+    at: int | None = None  # drop: byte offset where the connection is cut (default: half the file); stall: where
+    #                        the body pauses (default: before the response)
     code: int = 500  # status
     seconds: float = 5.0  # stall
     delta: int = 1000  # length: Content-Length announced = true length + delta
@@ -67,6 +68,7 @@ class HubServer:
         self.urls: dict[str, bytes] = {}
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cdn = False
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -105,6 +107,7 @@ class HubServer:
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self.ranges.clear()
         self.cdn = False
 
     def count(self, method: str, contains: str = "") -> int:
@@ -145,6 +148,9 @@ class HubServer:
         return 200, {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}, data
 
     def _blob(self, digest: str) -> bytes | None:
+        for data in self.urls.values():
+            if sha256(data) == digest:
+                return data
         for repo in self.repos.values():
             for files in repo.commits.values():
                 for data in files.values():
@@ -174,8 +180,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         with hub._lock:
             hub.log.append((method, path))
+            hub.ranges.append((method, path, self.headers.get("Range")))
         stall = hub._take_fault(method, path, ("stall",))
-        if stall:
+        if stall and stall.at is not None and method == "GET":
+            self._mid_stall = stall
+        elif stall:
             time.sleep(stall.seconds)
         status = hub._take_fault(method, path, ("status",))
         if status:
@@ -198,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_file(method, path, data, headers)
         if path in hub.urls:
             data = hub.urls[path]
+            if hub.cdn:
+                return self._reply(302, b"", {"Location": f"{hub.cdn_endpoint}/cdn/{sha256(data)}"})
             return self._send_file(method, path, data, {"ETag": f'"{sha256(data)}"'})
         self._reply(404, b"not found\n")
 
@@ -236,7 +247,18 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             cut = drop.at if drop.at is not None else len(data) // 2
             body = body[: max(0, cut - start)]
-        self.wfile.write(body)
+        stall, self._mid_stall = getattr(self, "_mid_stall", None), None
+        try:
+            if stall:  # send up to `at`, pause, then the rest (a slow or hung transfer)
+                cut = max(0, stall.at - start)
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                time.sleep(stall.seconds)
+                body = body[cut:]
+            self.wfile.write(body)
+        except OSError:  # the client gave up (timeout) or was killed meanwhile
+            self.close_connection = True
+            return
         if drop or length:
             self.wfile.flush()
             self.close_connection = True
@@ -261,6 +283,8 @@ def _api(h: _Handler, method: str, path: str) -> None:
         if exists:
             return h._reply(409, json.dumps({"error": "You already created this model repo"}).encode(), js)
         return h._reply(200, json.dumps({"url": f"{hub.endpoint}/{repo_id}", "name": repo_id}).encode(), js)
+    if method == "POST" and path == "/api/validate-yaml":  # model card front matter check
+        return h._reply(200, b"{}", js)
     parts = path.split("/")  # ['', 'api', 'models', org, name, op, rev]
     if method == "POST" and len(parts) >= 7 and parts[5] == "preupload":
         files = json.loads(raw).get("files", [])
@@ -279,4 +303,4 @@ def _api(h: _Handler, method: str, path: str) -> None:
         commit = hub.add_commit(repo_id, files, branch=branch)
         url = f"{hub.endpoint}/{repo_id}/commit/{commit}"
         return h._reply(200, json.dumps({"commitUrl": url, "commitOid": commit, "success": True}).encode(), js)
-    h._reply(404, b"{}", js)
+    h._reply(404, b"{}", js)  # anything else (repo_info...) is not implemented

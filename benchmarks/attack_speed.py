@@ -1,0 +1,129 @@
+"""Attack and adversarial-training speed of robustzoo's PGD (section `attack_speed` of RESULTS.md).
+
+Measures, on one model and one batch, in one process:
+
+(a) one PGD-10 adversarial training step (robustzoo's fine-tuning step: 10 input-gradient attack
+    steps in train mode + one SGD step) divided by one clean training step. With gradients taken
+    w.r.t. the input only, an attack step costs ~2F (forward + input grad) and a training step ~3F
+    (forward + input and weight grads), so the ideal ratio is (2K + 3) / 3 = 7.67 for K = 10
+    (``performance_notes.md`` section 2a); a naive attack that calls ``loss.backward()`` costs 34F/3F = 11.3.
+(b) robustzoo ``pgd`` (PGD-10, Linf 8/255, step 2/255, eval mode) divided by ``torchattacks.PGD`` with
+    the same settings on the same batch, both fp32 NCHW; then robustzoo's bf16 autocast +
+    channels_last path beside it.
+
+Timings are medians of ``--repeats`` runs after one warm-up, interleaved (ours, theirs, ours, ...) so
+that load from other processes hits both sides alike. Run::
+
+    python benchmarks/attack_speed.py                       # CIFAR ResNet-18, width 1.0, batch 32, 2 threads
+    python benchmarks/attack_speed.py --width 0.5 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import robustzoo
+from robustzoo.attacks import pgd
+
+EPS, ALPHA, K = 8 / 255, 2 / 255, 10
+
+
+def _time(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    for fn in fns.values():  # warm-up (oneDNN primitive creation, allocator)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def training_steps(model, x, y, device):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=3e-4)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def sgd(inputs):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(inputs), y).backward()
+        opt.step()
+
+    def clean():
+        model.train()
+        sgd(x)
+
+    def adversarial():  # what robustzoo.finetune(mode="adv-full") does per iteration (attack_mode="train")
+        model.train()
+        x_adv = pgd(lambda z: F.cross_entropy(model(z), y, reduction="none"), x, eps=EPS, alpha=ALPHA, steps=K,
+                    model=model, mode=None, generator=gen)
+        sgd(x_adv)
+
+    return {"clean_step": clean, "pgd10_at_step": adversarial}
+
+
+def attack_generation(model, x, y, device):
+    import torchattacks
+
+    model.eval()
+    atk = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=K, random_start=True)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    ce = lambda m: (lambda z: F.cross_entropy(m(z), y, reduction="none"))
+    return {
+        "robustzoo_fp32": lambda: pgd(ce(model), x, eps=EPS, alpha=ALPHA, steps=K, model=model, mode="eval"),
+        "torchattacks_fp32": lambda: atk(x, y),
+        "robustzoo_bf16_cl": lambda: pgd(ce(model_cl), x, eps=EPS, alpha=ALPHA, steps=K, model=model_cl,
+                                         mode="eval", amp=True, channels_last=True),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    device = torch.device(a.device)
+    model = robustzoo.create_model(a.arch, width=a.width, num_classes=10).to(device)
+    x = torch.rand(a.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (a.batch,), device=device)
+    print(f"{a.arch} width {a.width}, batch {a.batch}, 32x32, {device} ({platform.processor() or platform.machine()}, "
+          f"{a.threads} threads), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+
+    t = interleaved(training_steps(model, x, y, device), a.repeats, device)
+    ratio_a = t["pgd10_at_step"] / t["clean_step"]
+    ideal = (2 * K + 3) / 3
+    print(f"(a) clean training step {t['clean_step']:.3f} s, PGD-10 AT step {t['pgd10_at_step']:.3f} s")
+    print(f"(a) ratio PGD-10 AT / clean = {ratio_a:.2f}  (ideal (2K+3)/3 = {ideal:.2f}; naive backward() attack "
+          f"= {(3 * K + 4) / 3:.2f}); within 10% of ideal: {abs(ratio_a / ideal - 1) <= 0.10}")
+
+    t = interleaved(attack_generation(model, x, y, device), a.repeats, device)
+    ratio_b = t["robustzoo_fp32"] / t["torchattacks_fp32"]
+    print(f"(b) PGD-10 generation: robustzoo fp32 {t['robustzoo_fp32']:.3f} s, torchattacks fp32 "
+          f"{t['torchattacks_fp32']:.3f} s, robustzoo bf16+channels_last {t['robustzoo_bf16_cl']:.3f} s")
+    print(f"(b) ratio robustzoo / torchattacks (fp32) = {ratio_b:.2f} (target <= 1.0); "
+          f"bf16+channels_last / torchattacks = {t['robustzoo_bf16_cl'] / t['torchattacks_fp32']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""torch.hub (hubconf.py, source="local") and timm (`import robustzoo.timm`) build zoo entries,
+and load published weights through the same verified loader (here: from the loopback Hub)."""
+
+import dataclasses
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustzoo
+from robustzoo import registry
+from robustzoo.errors import NotPublishedError
+
+REPO_DIR = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture
+def published_rot_adv_r18(monkeypatch, hub_server, tiny_weights):
+    """Pretend `rot-adv-r18` is published on the loopback Hub at a pinned commit (tiny weights)."""
+    commit = hub_server.add_commit("robustzoo/rot-adv-r18", {"model.safetensors": tiny_weights})
+    spec = dataclasses.replace(registry.model_info("rot-adv-r18"), revision=commit,
+                               sha256=hashlib.sha256(tiny_weights).hexdigest(), width=0.0625)
+    table = dict(registry.REGISTRY, **{"rot-adv-r18": spec})
+    monkeypatch.setattr(registry, "REGISTRY", table)
+    monkeypatch.setenv("ROBUSTZOO_ENDPOINT", hub_server.endpoint)
+    return tiny_weights
+
+
+def test_torch_hub_local_builds_every_entry_point():
+    # torch.hub.list/help only take GitHub repos, so read the entry points the way torch.hub does
+    spec = importlib.util.spec_from_file_location("hubconf", Path(REPO_DIR) / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    names = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
+    for name in registry.REGISTRY:
+        assert name.replace("-", "_") in names
+        assert getattr(hubconf, name.replace("-", "_")).__doc__
+    assert {"resnet18", "resnet50v2"} <= names
+    model = torch.hub.load(REPO_DIR, "rot_adv_r18", source="local", pretrained=False)
+    assert model.arch == "resnet18" and model.num_classes == 0
+    assert "rotation" in hubconf.rot_adv_r18.__doc__
+
+
+def test_torch_hub_local_refuses_unpublished_pretrained_weights():
+    with pytest.raises(NotPublishedError, match="training/reproduce.py rot-adv-r50"):
+        torch.hub.load(REPO_DIR, "rot_adv_r50", source="local")
+
+
+def test_torch_hub_local_loads_published_weights(published_rot_adv_r18, tmp_path):
+    model = torch.hub.load(REPO_DIR, "rot_adv_r18", source="local", progress=False)
+    (tmp_path / "model.safetensors").write_bytes(published_rot_adv_r18)
+    ref = robustzoo.load_file(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model(x), ref(x))
+
+
+def test_timm_create_model_builds_and_loads(published_rot_adv_r18, tmp_path):
+    import timm
+
+    import robustzoo.timm as rz_timm
+
+    assert len(rz_timm.registered) == len(registry.REGISTRY)
+    assert "robustzoo_rot_adv_r50" in timm.list_models("robustzoo_*")
+    bare = timm.create_model("robustzoo_at_baseline_r50")
+    assert bare.arch == "resnet50v2" and bare.num_classes == 10
+    model = timm.create_model("robustzoo_rot_adv_r18", pretrained=True, num_classes=3)
+    (tmp_path / "model.safetensors").write_bytes(published_rot_adv_r18)
+    ref = robustzoo.load_file(tmp_path)
+    assert torch.equal(model.conv1.weight, ref.conv1.weight) and model.num_classes == 3
+    cfg = timm.models.get_pretrained_cfg("robustzoo_rot_adv_r18")
+    assert cfg.input_size == (3, 32, 32) and cfg.classifier == "linear"
+
+
+def test_timm_unpublished_pretrained_is_a_clear_error():
+    import timm
+
+    import robustzoo.timm  # noqa: F401
+
+    with pytest.raises(NotPublishedError, match="not published"):
+        timm.create_model("robustzoo_selfie_adv_r50", pretrained=True)

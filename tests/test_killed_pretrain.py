@@ -1,0 +1,68 @@
+"""SIGKILL a pretraining process at random moments (also mid-checkpoint-write), resume, same result.
+
+The checkpoint write is slowed by a test hook (``ROBUSTZOO_TEST_CKPT_SLEEP``: a sleep between
+writing the temp file and the atomic rename), so a good share of the kills land inside a write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["rot-adv-r18", "--width=0.0625", "--epochs=4", "--subset=48", "--batch_size=16", "--attack_steps=1",
+        "--val_attack_steps=1", "--dataset=synthetic-cifar", "--progress=False"]
+
+
+def _cmd(out: Path, resume: bool) -> list[str]:
+    return [sys.executable, str(ROOT / "training" / "pretrain.py"), *ARGS, f"--out_dir={out}",
+            *(["--resume"] if resume else [])]
+
+
+def _strip(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    t0 = time.time()
+    subprocess.run(_cmd(ref, False), env=env, check=True, timeout=600, capture_output=True)
+    total = time.time() - t0 + 4 * 0.4  # the kill windows scale with the machine's speed
+
+    out = tmp_path / "killed"
+    slow_env = dict(env, ROBUSTZOO_TEST_CKPT_SLEEP="0.4")
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen(_cmd(out, True), env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(0.3 * total, 0.8 * total))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            time.sleep(0.05)
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        break
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 2, "the test must actually interrupt the run"
+    a, b = load_file(str(ref / "pretext.safetensors")), load_file(str(out / "pretext.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    assert _strip(ref / "metrics.jsonl") == _strip(out / "metrics.jsonl")
