@@ -160,7 +160,7 @@ class Bench:
         return "file", bytes(buf)
 
     def known_leaks(self, i):
-        """Inputs the current weights.py lets raw exceptions through for (see test_hostile_files xfails)."""
+        """Inputs that once let raw exceptions through weights.py (pinned in test_hostile_files)."""
         entry = {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}
         cfg = {**json.loads(self.meta["config"]), "width": self.rng.choice([float("inf"), 1e12])}
         return "file", [_pack({"w": entry}, b"\0" * 4), _pack(b"[" * self.rng.randrange(10**4, 10**5)),
@@ -225,7 +225,7 @@ CLASSES = [
     ("fuzzed header structure", "fuzzed_header"),
     ("bit flip in the header", "header_bitflip"),
     ("missing / unexpected / mis-shaped keys -> convert", "ckpt_keys"),
-    ("known leaks (dtype list, deep JSON, 4400+ digit int, inf/huge width)", "known_leaks"),
+    ("hostile JSON and configs (dtype list, deep JSON, 4400+ digit int, inf/huge width)", "known_leaks"),
 ]
 CONTROL = ("control, not robustzoo: the same .pt payloads through torch.load(weights_only=False)", "control_unsafe")
 

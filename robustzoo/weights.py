@@ -10,6 +10,7 @@ bytes, and the state dict must match the rebuilt model key for key and shape for
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import WeightFormatError
@@ -31,6 +33,7 @@ FORMAT_VERSION = "1"
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # far above any real model's header, far below a memory bomb
 _DTYPES = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 _FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def _version() -> str:
@@ -139,23 +142,32 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, An
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise WeightFormatError(f"{path} is {describe_bytes(head + raw[:504])} (header is not JSON)") from None
+    except (ValueError, RecursionError):  # 5000-digit numbers, pathological nesting: valid JSON, hostile file
+        raise WeightFormatError(f"{path}: safetensors header is unusable JSON (nesting or number too big)") from None
     if not isinstance(header, dict):
         raise WeightFormatError(f"{path}: safetensors header must be a JSON object")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise WeightFormatError(f"{path}: __metadata__ must map strings to strings")
-    end = 0
+    spans = []
     for key, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise WeightFormatError(f"{path}: malformed entry for tensor {key!r}")
         shape, offsets = entry["shape"], entry["data_offsets"]
-        if entry["dtype"] not in _DTYPES:
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
             raise WeightFormatError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise WeightFormatError(f"{path}: tensor {key!r} has an invalid shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise WeightFormatError(f"{path}: tensor {key!r} has invalid data_offsets {offsets!r}")
-        end = max(end, offsets[1])
+        if offsets[1] - offsets[0] != math.prod(shape) * _ITEMSIZE[entry["dtype"]]:
+            raise WeightFormatError(f"{path}: tensor {key!r} has data_offsets {offsets} that do not fit {shape}")
+        spans.append((offsets[0], offsets[1], key))
+    end = 0
+    for begin, stop, key in sorted(spans):  # safetensors stores tensors back to back from offset 0
+        if begin != end:
+            raise WeightFormatError(f"{path}: tensor {key!r} starts at {begin}, expected {end} (gap or overlap)")
+        end = stop
     if 8 + n + end > size:
         raise WeightFormatError(f"{path} is a truncated safetensors file ({size} bytes, needs {8 + n + end})")
     return meta, header
@@ -174,7 +186,7 @@ def _config_from_meta(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
         )
     try:
         config = json.loads(meta["config"])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise WeightFormatError(f"{path}: the config in the metadata is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(config.get("arch"), str):
         raise WeightFormatError(f"{path}: the config in the metadata has no 'arch'")
@@ -182,13 +194,19 @@ def _config_from_meta(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
 
 
 def build_from_metadata(path: str | os.PathLike) -> tuple[nn.Module, dict[str, str], dict[str, Any]]:
-    """Rebuild the (untrained) model a weight file describes, with the file's metadata and header."""
+    """Rebuild the model a weight file describes, on the *meta* device, with the file's metadata and header.
+
+    The config is untrusted until it has been checked against the tensors, so nothing is allocated
+    here (a hostile ``width`` cannot ask for gigabytes); call ``model.to_empty(device=...)`` after
+    :func:`check_state_dict` and before loading the tensors.
+    """
     path = Path(path)
     meta, entries = read_metadata(path)
     config = _config_from_meta(path, meta)
     try:
-        model = create_model(**config)
-    except (TypeError, ValueError) as e:
+        with torch.device("meta"):
+            model = create_model(**config)
+    except (TypeError, ValueError, ArithmeticError, RecursionError, RuntimeError) as e:
         raise WeightFormatError(f"{path}: its config cannot build a model: {e}") from None
     return model, meta, entries
 
@@ -233,6 +251,7 @@ def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_lo
         raise FileNotFoundError(f"no weight file at {path}")
     model, meta, entries = build_from_metadata(path)
     check_state_dict(model, entries, path)
+    model = model.to_empty(device="cpu")  # every entry is overwritten by the strict load below
     try:
         state = st_load(str(path), device=map_location)
     except Exception as e:  # safetensors raises its own SafetensorError for corrupt bodies
