@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file
 
-from robustzoo.convert import convert
+from robustzoo.converter import convert
 from robustzoo.errors import ConversionError, WeightFormatError
 from robustzoo.models import resnet18, resnet50v2
 from robustzoo.weights import load_file, save_pretrained

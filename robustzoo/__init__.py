@@ -34,7 +34,7 @@ _EXPORTS = {
     "evaluate": "evaluate", "finetune": "finetune", "FinetuneResult": "finetune",
     "load_data": "data",
     # legacy checkpoints
-    "convert": "convert",
+    "convert": "converter",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

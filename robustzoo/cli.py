@@ -97,9 +97,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .converter import convert
 
-    path = convert(args.format, args.sources, args.out, keep_pretext_head=args.keep_pretext_head, name=args.name)
+    path = convert(args.format, args.sources, args.out, keep_pretext_head=args.keep_pretext_head,
+                   branch=args.branch, name=args.name, seed=args.seed)
     print(f"wrote {path}")
     return 0
 
@@ -190,7 +191,10 @@ def _parser() -> argparse.ArgumentParser:
                    choices=["robustbench", "finetune", "rotation", "jigsaw", "selfie", "ensemble"])
     s.add_argument("sources", nargs="+", type=Path)
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--keep-pretext-head", action="store_true")
+    s.add_argument("--keep-pretext-head", action="store_true", help="keep the 4/31-way pretext head (rotation, jigsaw)")
+    s.add_argument("--branch", choices=["none", "rotation", "jigsaw"], default="none",
+                   help="ensemble: which task's layer4 to attach (default: theta_p = stem+layer1-3 only)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the init of the parts the checkpoint lacks")
     s.add_argument("--name", default="")
     s.set_defaults(func=cmd_convert)
 

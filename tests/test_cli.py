@@ -53,3 +53,17 @@ def test_bad_eps_is_explained(capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "robustzoo", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("robustzoo ")
+
+
+def test_convert_refuses_a_non_checkpoint_cleanly(tmp_path, capsys):
+    src = tmp_path / "best_model.pt"
+    src.write_text("<html><body>Google Drive - virus scan warning</body></html>")
+    assert main(["convert", "--format", "finetune", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_download_unpublished_name_says_how_to_reproduce(capsys):
+    assert main(["download", "rot-adv-r50"]) == 2
+    assert "training/reproduce.py rot-adv-r50" in capsys.readouterr().err

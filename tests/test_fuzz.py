@@ -27,9 +27,7 @@ from robustzoo.models import resnet18, resnet50v2
 from robustzoo.registry import REGISTRY, model_info
 from robustzoo.weights import load_file, read_metadata, save_pretrained
 
-# the module, not the function: `import robustzoo.convert as conv` yields the lazily exported function
-# `robustzoo.convert` once anything has touched it (the package attribute shadows the submodule)
-conv = importlib.import_module("robustzoo.convert")
+conv = importlib.import_module("robustzoo.converter")
 torch.set_num_threads(1)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file
 
-from robustzoo.convert import convert
+from robustzoo.converter import convert
 from robustzoo.errors import ConversionError, WeightFormatError
 from robustzoo.models import resnet18
 from robustzoo.weights import WEIGHTS_NAME, load_file, read_metadata, save_pretrained
