@@ -100,7 +100,8 @@ def main() -> None:
             cells = []
             for arch in ("r18", "r50"):
                 try:
-                    cells.append(f"{bench(task, mode, arch, args, device):,.0f}")
+                    v = bench(task, mode, arch, args, device)
+                    cells.append(f"{v:,.0f}" if v >= 100 else f"{v:.2g}")
                 except torch.OutOfMemoryError:
                     cells.append("OOM")
                     torch.cuda.empty_cache()

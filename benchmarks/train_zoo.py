@@ -28,6 +28,7 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def _entry(name: str, kind: str, info: dict, metrics: dict, path: Path, args) ->
     tag = name.split("-")[0]
     adv = "-adv-" in name or kind == "classifier"
     cmd = f"python benchmarks/train_zoo.py --only {name} --n-train {args.n_train} --epochs {args.epochs} " \
-          f"--steps {args.steps} --aa-n {args.aa_n}"
+          f"--steps {args.steps} --aa-n {args.aa_n}" + (f" --pgd-n {args.pgd_n}" if args.pgd_n else "")
     desc = (f"{TASK[tag]} pretext, {f'PGD-{args.steps} adversarial' if adv else 'standard'} pretraining on "
             f"{args.n_train} Fashion-MNIST training images (labels unused); headless backbone"
             if kind == "backbone" else
@@ -266,9 +267,11 @@ def _entry(name: str, kind: str, info: dict, metrics: dict, path: Path, args) ->
 def _eval_classifier(model, data, args) -> dict:
     from robustzoo.evaluate import evaluate
 
-    full = evaluate(model, data["test"], eps=EPS, attacks=("clean", "pgd20"), progress=args.progress)
-    out = {"clean": round(full.accuracy["clean"], 2), "pgd20": round(full.accuracy["pgd20"], 2), "n": full.n,
-           "eval_seconds": full.settings["seconds"]}
+    full = evaluate(model, data["test"], eps=EPS, attacks=("clean",), progress=args.progress)
+    rob = evaluate(model, data["test"], eps=EPS, attacks=("clean", "pgd20"), n=args.pgd_n, progress=args.progress)
+    out = {"clean": round(full.accuracy["clean"], 2), "n": full.n, "pgd20": round(rob.accuracy["pgd20"], 2),
+           "pgd20_n": rob.n, "clean_pgd20_subset": round(rob.accuracy["clean"], 2),
+           "eval_seconds": {**full.settings["seconds"], **rob.settings["seconds"]}}
     if args.aa_n:
         aa = evaluate(model, data["test"], eps=EPS, attacks=("clean", "autoattack"), n=args.aa_n,
                       progress=args.progress)
@@ -279,6 +282,8 @@ def _eval_classifier(model, data, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from filelock import FileLock
+
     from robustzoo.weights import save_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -288,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="adversarial pretraining epochs (std: +1, baseline: +1)")
     ap.add_argument("--steps", type=int, default=3, help="PGD steps during training")
     ap.add_argument("--alpha", type=float, default=0.04)
+    ap.add_argument("--pgd-n", type=int, default=None, help="PGD-20 on the first N test images (default all)")
     ap.add_argument("--aa-n", type=int, default=200, help="AutoAttack on the first N test images (0 = skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke test: embedded test split, tiny budget")
@@ -298,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     zoo_json = out / "zoo.json"
-    entries = {e["name"]: e for e in (json.loads(zoo_json.read_text()) if zoo_json.exists() else [])}
     stamp = {"machine": MACHINE, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
              "eps": EPS, "attack": "linf pgd-20 step 0.025 random-start eval-mode, CE",
              "test_set": "Fashion-MNIST test (first n images)" if not args.quick else "embedded test split"}
@@ -329,11 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         path = save_pretrained(model, out / f".{name}", name=name)
         final = out / f"{name}.safetensors"
         path.replace(final)
+        final.chmod(0o644)  # mkstemp made it 0600; a package file must be world-readable
         for leftover in (out / f".{name}").iterdir():
             leftover.unlink()
         (out / f".{name}").rmdir()
-        entries[name] = _entry(name, kind, info, metrics, final, args)
-        zoo_json.write_text(json.dumps(list(entries.values()), indent=1) + "\n")
+        # several trainers may run side by side: merge under a lock, never clobber
+        with FileLock(str(Path(tempfile.gettempdir()) / "robustzoo-zoo-json.lock")):
+            entries = {e["name"]: e for e in (json.loads(zoo_json.read_text()) if zoo_json.exists() else [])}
+            entries[name] = _entry(name, kind, info, metrics, final, args)
+            zoo_json.write_text(json.dumps([entries[k] for k in sorted(entries)], indent=1) + "\n")
         print(f"{name}: {json.dumps(metrics)}", flush=True)
     return 0
 

@@ -121,6 +121,8 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, x_adv: torch.Tensor, *, eps: float
             norm: str, amp: bool) -> torch.Tensor:
     """The PGD loop: ``steps`` steepest-ascent steps of size ``alpha``, each projected (Madry et al. 2018)."""
     x_adv = _project(x_adv, x, eps, norm).detach()
+    if norm == "linf":  # ball and box intersect in a box: one clamp per step projects onto both
+        lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -129,10 +131,9 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, x_adv: torch.Tensor, *, eps: float
         (grad,) = torch.autograd.grad(loss.float().sum(), x_adv)
         with torch.no_grad():
             if norm == "linf":
-                step = grad.sign()
+                x_adv = torch.clamp(x_adv.add_(grad.sign_(), alpha=alpha), lo, hi)
             else:
-                step = grad / (_flat_norm(grad) + 1e-12)
-            x_adv = _project(x_adv + alpha * step, x, eps, norm)
+                x_adv = _project(x_adv + alpha * grad / (_flat_norm(grad) + 1e-12), x, eps, norm)
     return x_adv.detach()
 
 

@@ -240,12 +240,13 @@ def finetune(
     Raises:
         DataError: any bad argument or data, before training starts.
     """
-    part, loss, default_epochs = MODES.get(mode, (None, None, None)) if isinstance(mode, str) else (None,) * 3
-    epochs = default_epochs if epochs is None and default_epochs else (epochs if epochs is not None else 1)
+    part, loss, default_epochs = MODES.get(mode, ("all", "clean", 1)) if isinstance(mode, str) else ("all",) * 3
+    epochs = default_epochs if epochs is None else epochs
     alpha = eps / 4 if alpha is None else alpha
-    milestones = default_milestones(epochs) if milestones is None and isinstance(epochs, int) else milestones
+    if milestones is None:
+        milestones = default_milestones(epochs) if isinstance(epochs, int) else []
     args = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                schedule=schedule, milestones=list(milestones or []), warmup=0 if warmup is None else warmup,
+                schedule=schedule, milestones=list(milestones), warmup=0 if warmup is None else warmup,
                 eps=eps, alpha=alpha, steps=steps, eval_steps=eval_steps, beta=beta, val_fraction=val_fraction,
                 early_stopping=early_stopping, attack_mode=attack_mode, padding=padding)
     _check_args(mode, args)

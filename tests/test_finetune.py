@@ -72,7 +72,7 @@ def test_best_epoch_and_weights(data, tmp_path):
 
 def test_learns_something(data):
     # no augmentation: a 4-pixel crop shift on 16x16 images blurs the quadrant cue
-    res = finetune(make_model(), data, mode="full", **(FAST | {"epochs": 4, "lr": 0.1}), augment=False)
+    res = make_model().finetune(data, mode="full", **(FAST | {"epochs": 4, "lr": 0.1}), augment=False)
     assert max(h["val_clean"] for h in res.history) > 80  # chance is 25
 
 
@@ -135,7 +135,7 @@ def test_attack_mode_controls_bn_mode_during_attack(data):
     for attack_mode, expected in (("train", {True}), ("eval", {True, False})):
         model = make_model()
         modes = []
-        model.register_forward_pre_hook(lambda m, i: modes.append(m.training))
+        model.register_forward_pre_hook(lambda m, i, modes=modes: modes.append(m.training))
         finetune(model, data, mode="adv-full", **(FAST | {"epochs": 1, "eval_steps": 0, "val_fraction": 0.0}),
                  attack_mode=attack_mode)
         assert set(modes) == expected

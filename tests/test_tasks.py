@@ -159,7 +159,7 @@ def test_selfie_masks_four_patches_and_query_shape():
 
 def test_selfie_double_softmax_is_bounded():
     bb = ResNet("resnet18", num_classes=0, width=TINY)
-    task = Selfie(bb, n_layers=1, n_heads=2, double_softmax=True)
+    task = Selfie(bb, n_layers=1, n_heads=2, loss="double-softmax")
     x = torch.rand(4, 3, 32, 32)
     loss, _ = task.per_sample(bb, *task.make_batch(x, torch.Generator().manual_seed(0)))
     # CE on probabilities of 4 classes lies in [log(3 + e) - 1, log(1 + 3e)] per position; 4 positions summed
@@ -205,3 +205,24 @@ def test_export_backbone_is_headless():
     bb = model.export_backbone()
     assert bb.num_classes == 0 and not any(k.startswith("linear") for k in bb.state_dict())
     assert model.backbone.num_classes == 4  # the training model keeps its head
+
+
+def test_selfie_loss_options():
+    bb = ResNet("resnet18", num_classes=0, width=TINY)
+    x = torch.rand(4, 3, 32, 32)
+    batch = Selfie(bb, n_layers=1, n_heads=2).make_batch(x, torch.Generator().manual_seed(0))
+    losses = {}
+    for name in Selfie.LOSSES:
+        torch.manual_seed(0)
+        task = Selfie(bb, n_layers=1, n_heads=2, loss=name).eval()
+        losses[name] = task.per_sample(bb, *batch)[0]
+    torch.manual_seed(0)
+    task = Selfie(bb, n_layers=1, n_heads=2).eval()
+    s = task.scores(bb, *batch)
+    y = torch.arange(4).repeat(4)
+    direct = torch.nn.functional.cross_entropy((s / math.sqrt(task.transformer.d_model)).reshape(16, 4), y,
+                                               reduction="none").view(4, 4).sum(1)
+    assert torch.allclose(losses["scaled-logits"], direct, atol=1e-5)
+    assert not torch.allclose(losses["logits"], losses["double-softmax"])
+    with pytest.raises(ValueError, match="selfie loss"):
+        Selfie(bb, loss="softmax")

@@ -1,4 +1,4 @@
-"""Atomic, pickle-free training checkpoints: safetensors tensors + JSON state in the header.
+"""Run files: atomic, pickle-free checkpoints (safetensors + JSON state in the header) and the export.
 
 One file holds the model, the best model so far, the optimiser's momentum buffers and a JSON
 ``state`` (epoch, history, best score, recipe, optimiser param groups). It is written to a temp file,
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from robustzoo.weights import _atomic_write
+from robustzoo.weights import _atomic_write, save_pretrained
 
-__all__ = ["save_checkpoint", "load_checkpoint", "write_jsonl", "SLEEP_ENV"]
+__all__ = ["save_checkpoint", "load_checkpoint", "write_jsonl", "export", "git_commit", "SLEEP_ENV"]
 
 # Test hook: seconds to sleep after writing the temp file and before the rename, so a test can
 # SIGKILL the process in the middle of a checkpoint write.
@@ -68,3 +69,28 @@ def load_checkpoint(path: Path, model, opt, device) -> tuple[dict, dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Rewrite the whole metrics file atomically (so it always matches the checkpoint after a resume)."""
     _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def export(model, recipe, out: Path, report: dict) -> None:
+    """The published files: headless backbone (save_pretrained), backbone + head, report."""
+    from safetensors.torch import save_file
+
+    trained = "normalize,conv1,bn1,layer1,layer2,layer3" + (",layer4" if recipe.task in ("rotation", "jigsaw") else "")
+    meta = {"recipe": recipe.name, "task": recipe.task, "training": "adv" if recipe.adversarial else "std",
+            "git_commit": report["git_commit"], "best_epoch": str(report["best_epoch"]),
+            "pretrained_modules": trained, "recipe_json": json.dumps(recipe.to_dict()),
+            **model.task.export_metadata()}
+    save_pretrained(model.export_backbone(), out, name=recipe.name, metadata=meta)
+    full = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out / "pretext.safetensors", lambda tmp: save_file(full, tmp, metadata=meta))
+    _atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))

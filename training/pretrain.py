@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,8 +35,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet  # noqa: E402
-from robustzoo.weights import _atomic_write, save_pretrained  # noqa: E402
-from training.checkpoint import load_checkpoint, save_checkpoint, write_jsonl  # noqa: E402
+from robustzoo.weights import _atomic_write  # noqa: E402
+from training.checkpoint import export, git_commit, load_checkpoint, save_checkpoint, write_jsonl  # noqa: E402
 from training.data import augment, load_images, train_val_split  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
 from training.tasks import PretextModel, make_task  # noqa: E402
@@ -59,16 +58,6 @@ def setup(recipe: Recipe) -> tuple[torch.device, int, int]:
     else:
         device = torch.device("cpu" if recipe.device == "auto" else recipe.device)
     return device, rank, world
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -286,12 +275,13 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     model.load_state_dict(best)
     x_test = load_images(recipe, "test")[0].to(device)
     test = evaluate_pretext(model, x_test, recipe, device, rank, world, amp, prefix="test")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,
-                  test=test, epochs=recipe.epochs, world_size=world, device=_device_name(device),
+                  test=test, epochs=recipe.epochs, world_size=world, device=name,
                   git_commit=git_commit(), seconds=time.time() - t_start, recipe=recipe.to_dict(),
                   history=history, out_dir=str(out))
     if rank == 0:
-        _export(model, recipe, out, report)
+        export(model, recipe, out, report)
     if world > 1:
         dist.barrier()
     return report
@@ -301,24 +291,6 @@ def _to_cl(inputs):
     if isinstance(inputs, tuple):
         return tuple(_to_cl(i) for i in inputs)
     return inputs.contiguous(memory_format=torch.channels_last)
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def _export(model: PretextModel, recipe: Recipe, out: Path, report: dict) -> None:
-    from safetensors.torch import save_file
-
-    trained = "normalize,conv1,bn1,layer1,layer2,layer3" + (",layer4" if recipe.task in ("rotation", "jigsaw") else "")
-    meta = {"recipe": recipe.name, "task": recipe.task, "training": "adv" if recipe.adversarial else "std",
-            "git_commit": report["git_commit"], "best_epoch": str(report["best_epoch"]),
-            "pretrained_modules": trained, "recipe_json": json.dumps(recipe.to_dict()),
-            **model.task.export_metadata()}
-    save_pretrained(model.export_backbone(), out, name=recipe.name, metadata=meta)
-    full = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / "pretext.safetensors", lambda tmp: save_file(full, tmp, metadata=meta))
-    _atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
 
 
 def main(argv: list[str]) -> None:

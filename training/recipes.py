@@ -94,7 +94,7 @@ class Recipe:
     selfie_d_model: int = 0  # 0 = the backbone's layer3 width (1024 for ResNet-50v2)
     selfie_d_ff: int = 0  # 0 = 2 * d_model (2048 in the paper)
     selfie_dropout: float = 0.1
-    selfie_double_softmax: bool = False  # True = the official code's CE on softmax probabilities
+    selfie_loss: str = "double-softmax"  # the code's CE on probabilities; "logits" diverges; "scaled-logits"
     ensemble_lambda: float = 0.1
     ensemble_attack_sign: float = 1.0  # +1 (code): attacker maximises L + lam*h ...
     ensemble_train_sign: float = 1.0  # ... and the trainer minimises L + lam*h (spec 3, sign caveat)
@@ -127,6 +127,8 @@ class Recipe:
             (self.task in (*PRETEXT_TASKS, "none"), f"task must be one of {PRETEXT_TASKS + ('none',)}"),
             (self.kind in ("backbone", "classifier", "ensemble"), "kind must be backbone, classifier or ensemble"),
             (self.bn in ("batch", "sync", "frozen"), "bn must be 'batch', 'sync' or 'frozen'"),
+            (self.selfie_loss in ("double-softmax", "logits", "scaled-logits"),
+             "selfie_loss must be 'double-softmax', 'logits' or 'scaled-logits'"),
             (self.attack_mode in ("train", "eval"), "attack_mode must be 'train' or 'eval'"),
             (self.finetune in ("", "adv-full"), "finetune must be '' or 'adv-full'"),
             (self.epochs >= 0 and self.batch_size >= 1, "epochs >= 0 and batch_size >= 1"),

@@ -1,0 +1,39 @@
+"""`robustzoo demo --quick` runs end to end (offline, seconds) and writes its table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustzoo.registry import REGISTRY
+
+pytestmark = pytest.mark.skipif("rot-adv-r18-w16-fmnist" not in REGISTRY,
+                                reason="embedded zoo not built yet (python benchmarks/train_zoo.py)")
+
+
+def test_demo_quick_via_cli(tmp_path, monkeypatch, capsys):
+    from robustzoo.cli import main
+
+    monkeypatch.setenv("ROBUSTZOO_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "demo_results.md").read_text()
+    assert "rot-adv-r18-w16-fmnist (adv. pretrained)" in table and "from scratch" in table
+    assert "| start from | clean acc. (%) | PGD-20 acc. (%)" in table
+    assert (tmp_path / "demo_robust_acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((tmp_path / "demo_results.json").read_text())
+    assert res["settings"]["quick"] is True and len(res["arms"]) == 2
+    for arm in res["arms"]:
+        assert 0 <= arm["pgd20"] <= arm["clean"] <= 100
+        assert [h["epoch"] for h in arm["history"]] == [1, 2]
+        assert 1 <= arm["best_epoch"] <= 2
+    assert "adversarial pretraining minus scratch" in capsys.readouterr().out
+
+
+def test_demo_bad_backbone(tmp_path):
+    from robustzoo.demo import run_demo
+    from robustzoo.errors import RobustZooError
+
+    with pytest.raises(RobustZooError):
+        run_demo(quick=True, out_dir=tmp_path, progress=False, backbone="at-baseline-r18-w16-fmnist")
