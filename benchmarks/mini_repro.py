@@ -62,7 +62,7 @@ def run_seed(seed: int, data: dict, args, results: dict, save) -> None:
             continue
         adv = p.endswith("-adv")
         bb, info = pretrain(recipe, data["train"][0], width=args.width, epochs=args.pt_epochs + (0 if adv else 1),
-                            steps=args.steps, alpha=args.alpha, seed=seed, progress=False)
+                            steps=args.steps, alpha=args.alpha, seed=seed, batch_size=args.batch_size, progress=False)
         backbones[p] = bb
         results["pretrain_seconds"][f"{p}/{seed}"] = info["seconds"]
         print(f"pretrained {p} seed {seed} in {info['seconds']:.0f}s", flush=True)
@@ -81,7 +81,8 @@ def run_seed(seed: int, data: dict, args, results: dict, save) -> None:
             t0 = time.perf_counter()
             epochs = args.ft_epochs if mode == "adv-full" else args.std_epochs
             model, hist, best = finetune_loop(model, data["train"], data["val"], mode=mode, epochs=epochs,
-                                              steps=args.steps, alpha=args.alpha, seed=seed, val_steps=args.val_steps)
+                                              steps=args.steps, alpha=args.alpha, seed=seed, val_steps=args.val_steps,
+                                              batch_size=args.batch_size, lr=args.lr)
             train_s = time.perf_counter() - t0
             test = _test(model, data, args, aa=(mode == "adv-full" and seed == 0))
             results["cells"][key] = {"pretrain": p, "mode": mode, "seed": seed, "best_epoch": best,
@@ -203,6 +204,16 @@ def plot(results: dict, args, path: Path) -> None:
     plt.close(fig)
 
 
+def update_results_section(text: str, path: Path = OUT / "RESULTS.md") -> None:
+    """Replace only the body of this script's section (below its marker, up to the next heading)."""
+    marker = "<!-- section: mini_repro (demo helper) -->"
+    doc = path.read_text()
+    start = doc.index(marker) + len(marker)
+    end = doc.find("\n## ", start)
+    end = len(doc) if end < 0 else end
+    path.write_text(doc[:start] + "\n" + text.strip() + "\n" + doc[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     from train_zoo import load_data
 
@@ -215,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--std-epochs", type=int, default=3, help="partial / full fine-tuning epochs")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.04)
+    ap.add_argument("--batch-size", type=int, default=32, help="small batches: more SGD steps per CPU second")
+    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--pgd-n", type=int, default=500)
     ap.add_argument("--aa-n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
@@ -222,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-steps", type=int, default=5, help="PGD steps of the per-epoch validation attack")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="rebuild md/png from mini_repro.json (no training)")
+    ap.add_argument("--update-results", action="store_true",
+                    help="also write the table into the mini_repro section of benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -229,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = (args.resume or args.report_only) and jpath.exists()
     results = json.loads(jpath.read_text()) if resume else {"cells": {}, "pretrain_seconds": {}}
     if args.report_only:
-        args = argparse.Namespace(**{**results["args"], "report_only": True})
+        args = argparse.Namespace(**{**results["args"], "report_only": True, "update_results": args.update_results})
     results.update(args=vars(args), machine=MACHINE, date=time.strftime("%Y-%m-%d"),
                    wall_seconds_before=results.get("wall_seconds", 0))
     data = load_data(args.n_train, quick=False)
@@ -241,14 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         results["wall_seconds"] = round(time.perf_counter() - t0 + results.get("wall_seconds_before", 0), 1)
         results["seeds_done"] = sorted({c["seed"] for c in results["cells"].values()})
         save()
-    results["seeds"] = results.get("seeds_done", [])
+    results["seeds"] = sorted({c["seed"] for c in results["cells"].values()})
     plot(results, args, out / "mini_repro.png")
     md = [f"Mini-reproduction of Chen et al. (CVPR 2020) on Fashion-MNIST, measured {results['date']} on "
           f"{MACHINE}, `python benchmarks/mini_repro.py` ({results['wall_seconds'] / 60:.0f} min wall).",
           "",
           f"Setup: ResNet-18 (pre-act) width {args.width}, {args.n_train} training images (embedded subset), "
           f"200 held-out validation images; pretraining {args.pt_epochs} epochs adv (PGD-{args.steps}, eps {EPS}, "
-          f"step {args.alpha}) / {args.pt_epochs + 1} std; fine-tuning {args.ft_epochs} epochs adv-full "
+          f"step {args.alpha}) / {args.pt_epochs + 1} std; batch {args.batch_size}, SGD lr {args.lr} cosine; "
+          f"fine-tuning {args.ft_epochs} epochs adv-full "
           f"(Madry PGD-{args.steps}) or {args.std_epochs} epochs partial/full; seeds {args.seeds} "
           "(mean ± sample std). Test: clean on all 10,000 test images, PGD-20 (step 0.025, eval mode) on the "
           f"first {args.pgd_n}, AutoAttack standard on the first {args.aa_n} (seed 0 only). 'ens-ft' = softmax "
@@ -256,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
           "", report(results, args), "", "![validation robust accuracy per epoch](mini_repro.png)", "",
           "Verdicts on the paper's three claims at this scale:", "", *verdicts(results, args)]
     (out / "mini_repro.md").write_text("\n".join(md) + "\n")
+    if getattr(args, "update_results", False):
+        update_results_section("\n".join(md))
     print("\n".join(md))
     return 0
 

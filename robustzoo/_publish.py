@@ -62,7 +62,8 @@ def publish(model: nn.Module, repo_id: str, *, name: str, metrics: Mapping[str, 
 
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = save_pretrained(model, tmp, name=name or repo_id.split("/")[-1])
+        weights = save_pretrained(model, tmp, name=name or repo_id.split("/")[-1],
+                                  metadata=getattr(model, "pretrained_meta", None))
         card = model_card(model, repo_id, name=name, metrics=metrics, sha256=file_sha256(weights))
         (Path(tmp) / "README.md").write_text(card)
         ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(tmp) / f))

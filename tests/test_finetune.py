@@ -220,3 +220,12 @@ def test_schedules_and_augment():
     flipped = augment(x[:1].expand(200, -1, -1, -1), torch.Generator().manual_seed(1), padding=0)
     n_flip = sum(torch.equal(f, x[0].flip(2)) for f in flipped)
     assert 60 < n_flip < 140
+
+
+def test_package_level_names_stay_callable(data):
+    import robustzoo.evaluate
+    import robustzoo.finetune  # noqa: F401  (rebinds the package attribute to the module)
+
+    assert callable(robustzoo.finetune) and callable(robustzoo.evaluate)
+    res = robustzoo.finetune(make_model(), data, mode="linear", **(FAST | {"epochs": 1}))
+    assert robustzoo.evaluate(res.model, data, eps=0.1, attacks=("clean",), progress=False).n == 160

@@ -75,6 +75,7 @@ def test_classifier_clean_accuracy_matches_registry(name, test_split):
     assert abs(acc - reported) <= TOL, f"{name}: {acc:.2f} on the embedded split vs {reported} in the registry"
 
 
+@pytest.mark.slow  # ~15 s per backbone on an idle 2-core CPU (features of 7,000 images)
 @pytest.mark.parametrize("name", [e["name"] for e in ENTRIES if e["kind"] == "backbone"])
 def test_backbone_linear_probe_matches_registry(name, test_split):
     """Same probe as benchmarks/train_zoo.py (same 5,000 training images), scored on the embedded test split."""

@@ -213,7 +213,7 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     ckpt = out / "ckpt.safetensors"
     if resume and ckpt.is_file():
         best, state = load_checkpoint(ckpt, model, opt, device)
-        if state["recipe"] != json.loads(json.dumps(recipe.to_dict())):
+        if _semantic(state["recipe"]) != _semantic(json.loads(json.dumps(recipe.to_dict()))):
             raise RecipeError(f"{ckpt} was written by a different recipe; use another --out_dir")
         start, history, best_score, best_epoch = state["epoch"], state["history"], state["best"], state["best_epoch"]
 
@@ -248,7 +248,8 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
             if recipe.bn == "batch":
                 average_bn_stats(model, world)
         n = iters * recipe.batch_size
-        s = (stats / n).tolist()
+        s = (stats / n).tolist()  # the epoch's one host sync
+        train_seconds = time.time() - t0
         row = {"epoch": epoch, "lr": lr, "train_loss": s[0][0],
                **{f"train_clean_{k}": a for k, a in zip(model.task.metric_names, s[0][1:])}}
         if recipe.adversarial:
@@ -256,7 +257,7 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
                         **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
         row.update(evaluate_pretext(model, x_val, recipe, device, rank, world, amp))
         row["seconds"] = time.time() - t0
-        row["images_per_s"] = n / row["seconds"]
+        row["images_per_s"] = n / train_seconds  # training only, validation excluded
         history.append(row)
         if row["val_score"] > best_score:
             best_score, best_epoch = row["val_score"], epoch
@@ -291,6 +292,11 @@ def _to_cl(inputs):
     if isinstance(inputs, tuple):
         return tuple(_to_cl(i) for i in inputs)
     return inputs.contiguous(memory_format=torch.channels_last)
+
+
+def _semantic(recipe: dict) -> dict:
+    """The recipe fields that change the result (a resume may switch the progress bar or the folder)."""
+    return {k: v for k, v in recipe.items() if k not in ("progress", "out_dir", "device")}
 
 
 def main(argv: list[str]) -> None:

@@ -36,7 +36,7 @@ def measured_metrics(run_dir: Path) -> dict:
 def uploaded_sha256(model, name: str) -> str:
     """sha256 of the file push_to_hub uploads (it re-serialises with save_pretrained, deterministically)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_pretrained(model, tmp, name=name)
+        path = save_pretrained(model, tmp, name=name, metadata=getattr(model, "pretrained_meta", None))
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -17,6 +17,10 @@ ens-adv        150    32    1e-3 1e-4 SGD m0.9 nesterov  cosine->1e-8, no warm-u
 fine-tune      100    128   0.1  3e-4 SGD m0.9           warm-up, steps x0.1 at 60, 80
 ============== ====== ===== ==== ==== ================== ============================
 
+Selfie's loss defaults to CE on logits, the dot products scaled by 1/sqrt(d) as in attention
+(``selfie_loss="scaled-logits"``); the official code's CE on softmax probabilities is
+``"double-softmax"``, and CE on the unscaled dot products (``"logits"``) diverged at lr 0.1 in our
+check (see training/README.md).
 Adversarial = Linf PGD-10, eps 8/255, step 2/255, random start, train-mode attack; loss
 (clean + adv) / 2; validation PGD-20 in eval mode. Model selection uses a held-out 10 % of the
 *training* set (the paper's 5k of 50k), never the test set (the official jigsaw-adv script
@@ -94,7 +98,7 @@ class Recipe:
     selfie_d_model: int = 0  # 0 = the backbone's layer3 width (1024 for ResNet-50v2)
     selfie_d_ff: int = 0  # 0 = 2 * d_model (2048 in the paper)
     selfie_dropout: float = 0.1
-    selfie_loss: str = "double-softmax"  # the code's CE on probabilities; "logits" diverges; "scaled-logits"
+    selfie_loss: str = "scaled-logits"  # CE on logits/sqrt(d); "double-softmax" = the code; "logits" diverges
     ensemble_lambda: float = 0.1
     ensemble_attack_sign: float = 1.0  # +1 (code): attacker maximises L + lam*h ...
     ensemble_train_sign: float = 1.0  # ... and the trainer minimises L + lam*h (spec 3, sign caveat)
