@@ -117,8 +117,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = _load_model(args.name, args)
     x, y = load_data(args.data, split=args.split, root=args.root, download=args.download, n=args.n)
-    result = evaluate(model, (x, y), eps=args.eps, attacks=tuple(args.attacks.split(",")),
-                      batch_size=args.batch_size, device=args.device, seed=args.seed)
+    result = evaluate(model, (x, y), eps=args.eps, attacks=tuple(a.strip() for a in args.attacks.split(",")),
+                      alpha=args.alpha, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                      restarts=args.restarts)
     rows = [[k, f"{v:.2f}"] for k, v in result.accuracy.items()]
     print(_table(rows, ["attack", "accuracy (%)"]))
     print(f"n={result.n} eps={args.eps:.4g} data={args.data}:{args.split}")
@@ -133,14 +134,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import finetune
     from .weights import save_pretrained
 
-    model = _load_model(args.name, args, num_classes=args.num_classes)
+    model = _load_model(args.name, args)
     data = load_data(args.data, split="train", root=args.root, download=args.download, n=args.n)
-    options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "eps", "alpha", "steps", "beta",
-                                              "schedule", "seed", "device") if getattr(args, k) is not None}
-    result = finetune(model, data, mode=args.mode, checkpoint_dir=args.out, resume=args.resume, **options)
+    keys = ("num_classes", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones",
+            "warmup", "eps", "alpha", "steps", "eval_steps", "beta", "val_fraction", "early_stopping", "seed",
+            "device", "attack_mode")
+    options = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    flags = {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile,
+             "augment": not args.no_augment, "flip": not args.no_flip}
+    result = finetune(model, data, mode=args.mode, checkpoint_dir=args.out, resume=args.resume, **options, **flags)
     path = save_pretrained(result.model, args.out, name=f"{args.name}-{args.mode}",
                            metadata={"finetune": json.dumps(result.settings, default=str)})
-    best = result.history[result.best_epoch] if result.history else {}
+    best = result.history[result.best_epoch - 1] if result.history else {}  # best_epoch is 1-based
     print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in best.items()
                                                            if isinstance(v, float)))
     print(f"wrote {path}")
@@ -214,6 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     data_opts(s)
     s.add_argument("--split", default="test")
     s.add_argument("--attacks", default="clean,pgd20", help="comma list: clean,pgd20,pgd20-cw,autoattack")
+    s.add_argument("--alpha", type=_number, help="PGD step size (default eps/4)")
+    s.add_argument("--restarts", type=int, default=1)
     s.add_argument("--json", help="also write the result to this JSON file")
     s.set_defaults(func=cmd_eval, eps=8 / 255, batch_size=256)
 
@@ -221,13 +228,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     data_opts(s)
     s.add_argument("--mode", default="adv-full")
-    s.add_argument("--num-classes", type=int)
+    s.add_argument("--num-classes", type=int, help="fresh head of this size (needed for headless backbones)")
     s.add_argument("--epochs", type=int), s.add_argument("--lr", type=float)
-    s.add_argument("--alpha", type=_number), s.add_argument("--steps", type=int), s.add_argument("--beta", type=float)
+    s.add_argument("--momentum", type=float), s.add_argument("--weight-decay", type=float)
     s.add_argument("--schedule", choices=["multistep", "cosine", "onecycle"])
+    s.add_argument("--milestones", type=lambda t: [int(v) for v in t.split(",")], help="e.g. 60,80")
+    s.add_argument("--warmup", type=int, help="warm-up iterations")
+    s.add_argument("--alpha", type=_number), s.add_argument("--steps", type=int)
+    s.add_argument("--eval-steps", type=int), s.add_argument("--beta", type=float, help="TRADES beta")
+    s.add_argument("--val-fraction", type=float), s.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    s.add_argument("--attack-mode", choices=["train", "eval"])
+    s.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    s.add_argument("--channels-last", action="store_true"), s.add_argument("--compile", action="store_true")
+    s.add_argument("--no-augment", action="store_true"), s.add_argument("--no-flip", action="store_true")
     s.add_argument("--out", type=Path, default=Path("finetuned"), help="checkpoints and the exported weights")
     s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=cmd_finetune)
+    s.set_defaults(func=cmd_finetune, eps=None, batch_size=None)
 
     s = sub.add_parser("demo", help="the offline demo: robust pretraining vs adversarial training from scratch")
     s.add_argument("--quick", action="store_true", help="a seconds-long version")
