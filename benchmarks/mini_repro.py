@@ -3,8 +3,9 @@
 Chen et al. (CVPR 2020) compare no / standard / adversarial self-supervised pretraining (rotation,
 jigsaw, ensemble) x partial / full / adversarial full fine-tuning. Here, at a CPU scale:
 
-* pretraining: none, rot-std, rot-adv, jig-adv (``training/tasks.py`` pretext tasks via the
-  shared loop in ``train_zoo.py``), ResNet-18 width 0.125, PGD-3 (eps 0.1, step 0.04) for adv;
+* pretraining: none, rot-std, rot-adv, jig-adv through ``training/pretrain.py`` (the recipes
+  ``*-r18-w16-fmnist`` with CPU-sized overrides), ResNet-18 width 0.125, PGD-3 (eps 0.1, step 0.04) for adv;
+  fine-tuning through :func:`robustzoo.finetune` (cosine schedule; see ``mini_lib.py``);
 * fine-tuning: partial (layer4 + head), full (standard CE), adv-full (Madry PGD-3, train mode);
 * the paper's "ensemble" is represented by the softmax ensemble of the rot-adv and jig-adv
   adv-full classifiers (the fine-tune ensemble, its best reported model); ensemble *pretraining*
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_zoo import EPS, MACHINE, ROOT, finetune_loop, pretrain  # noqa: E402
+from mini_lib import EPS, MACHINE, ROOT, finetune_loop, pretrain  # noqa: E402
 
 from robustzoo.models import ResNet, SoftmaxEnsemble  # noqa: E402
 
@@ -44,7 +45,7 @@ MODES = ("partial", "full", "adv-full")
 
 
 def _test(model, data, args, *, aa: bool = False) -> dict:
-    from robustzoo.evaluate import evaluate
+    from robustzoo.evaluation import evaluate
 
     clean = evaluate(model, data["test"], eps=EPS, attacks=("clean",), progress=False)
     rob = evaluate(model, data["test"], eps=EPS, attacks=("clean", "pgd20"), n=args.pgd_n, progress=False)
@@ -61,11 +62,12 @@ def run_seed(seed: int, data: dict, args, results: dict, save) -> None:
         if recipe is None:
             continue
         adv = p.endswith("-adv")
-        bb, info = pretrain(recipe, data["train"][0], width=args.width, epochs=args.pt_epochs + (0 if adv else 1),
-                            steps=args.steps, alpha=args.alpha, seed=seed, batch_size=args.batch_size, progress=False)
+        t0 = time.perf_counter()
+        bb, _ = pretrain(recipe, n_train=args.n_train, width=args.width, epochs=args.pt_epochs + (0 if adv else 1),
+                         steps=args.steps, alpha=args.alpha, seed=seed, batch_size=args.batch_size)
         backbones[p] = bb
-        results["pretrain_seconds"][f"{p}/{seed}"] = info["seconds"]
-        print(f"pretrained {p} seed {seed} in {info['seconds']:.0f}s", flush=True)
+        results["pretrain_seconds"][f"{p}/{seed}"] = seconds = round(time.perf_counter() - t0, 1)
+        print(f"pretrained {p} seed {seed} in {seconds:.0f}s", flush=True)
     adv_models = {}
     for p in PRETRAIN:
         for mode in MODES:
@@ -155,6 +157,8 @@ def verdicts(results: dict, args) -> list[str]:
         return statistics.stdev(v) if len(v) > 1 else 0.0
 
     base, base_sd = mean("none", "adv-full"), sd("none", "adv-full")
+    n_seeds = len(results["seeds"])
+    caveat = "" if n_seeds > 1 else " [single seed: no spread yet, provisional]"
     best_single = max(("rot-adv", "jig-adv"), key=lambda p: mean(p, "adv-full"))
     out = []
     for p in ("rot-adv", "jig-adv"):
@@ -162,7 +166,13 @@ def verdicts(results: dict, args) -> list[str]:
         noise = max(base_sd, sd(p, "adv-full"))
         word = "holds" if d > noise else ("does not hold (within seed noise)" if abs(d) <= noise else "does not hold")
         out.append(f"1. Robust pretraining raises final robustness ({p} + adv-full vs scratch): {d:+.1f} PGD-20 "
-                   f"points (seed std up to {noise:.1f}) -> {word} at this scale.")
+                   f"points (seed std up to {noise:.1f}) -> {word} at this scale.{caveat}")
+    d = mean("rot-adv", "adv-full") - mean("rot-std", "adv-full")
+    noise = max(sd("rot-adv", "adv-full"), sd("rot-std", "adv-full"))
+    out.append(f"1b. Control, adversarial vs standard rotation pretraining (both + adv-full): {d:+.1f} PGD-20 points "
+               f"(seed std up to {noise:.1f}) -> the *robust* part of pretraining "
+               f"{'helps' if d > noise else 'makes no measurable difference' if abs(d) <= noise else 'does worse'} "
+               f"here.{caveat}")
     ett = epochs_to_target(results)
     for p in ("rot-adv", "jig-adv"):
         hits = ett.get(p, [])
@@ -170,13 +180,16 @@ def verdicts(results: dict, args) -> list[str]:
         fewer = sum(1 for v in reached if v < args.ft_epochs)
         out.append(f"2. Saves adversarial fine-tuning epochs ({p}): reaches scratch's best val RA after "
                    f"{hits} epochs (scratch needs up to {args.ft_epochs}); fewer epochs in {fewer}/{len(hits)} seeds "
-                   f"-> {'holds' if hits and fewer == len(hits) else 'partly holds' if fewer else 'does not hold'}.")
+                   f"-> {'holds' if hits and fewer == len(hits) else 'partly holds' if fewer else 'does not hold'}."
+                   f"{caveat}")
     d = mean("ens-ft", "adv-full") - mean(best_single, "adv-full")
+    if d != d:  # nan: no ensemble cell yet
+        return [*out, "3. Ensembling: not measured yet (needs both rot-adv and jig-adv adv-full models of a seed)."]
     noise = max(sd("ens-ft", "adv-full"), sd(best_single, "adv-full"))
     out.append(f"3. Ensembling pretext tasks helps further (softmax ensemble of rot-adv + jig-adv fine-tuned vs best "
                f"single, {best_single}): {d:+.1f} PGD-20 points (seed std up to {noise:.1f}) -> "
                f"{'holds' if d > noise else 'not shown (within noise)' if abs(d) <= noise else 'does not hold'} "
-               "(ensemble *pretraining* with the log-det penalty was not run).")
+               f"(ensemble *pretraining* with the log-det penalty was not run).{caveat}")
     return out
 
 
@@ -215,7 +228,7 @@ def update_results_section(text: str, path: Path = OUT / "RESULTS.md") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train_zoo import load_data
+    from mini_lib import load_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -258,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         save()
     results["seeds"] = sorted({c["seed"] for c in results["cells"].values()})
     plot(results, args, out / "mini_repro.png")
+    cmd = (f"python benchmarks/mini_repro.py --n-train {args.n_train} --pt-epochs {args.pt_epochs} --ft-epochs "
+           f"{args.ft_epochs} --std-epochs {args.std_epochs} --pgd-n {args.pgd_n} --aa-n {args.aa_n} --val-steps "
+           f"{args.val_steps}")
+    wall = (f"{results['wall_seconds'] / 60:.0f} min wall for seeds {results['seeds_done']}, machine shared with "
+            "other jobs" if "wall_seconds" in results else "partial: first seed still running")
     md = [f"Mini-reproduction of Chen et al. (CVPR 2020) on Fashion-MNIST, measured {results['date']} on "
-          f"{MACHINE}, `python benchmarks/mini_repro.py` ({results['wall_seconds'] / 60:.0f} min wall).",
+          f"{MACHINE}: `{cmd}` ({wall}).",
           "",
           f"Setup: ResNet-18 (pre-act) width {args.width}, {args.n_train} training images (embedded subset), "
           f"200 held-out validation images; pretraining {args.pt_epochs} epochs adv (PGD-{args.steps}, eps {EPS}, "

@@ -31,7 +31,7 @@ _EXPORTS = {
     "load": "hub", "download": "hub", "verify": "hub", "push_to_hub": "hub",
     # attacks, evaluation, fine-tuning, data
     "pgd": "attacks", "fgsm": "attacks", "trades_adv": "attacks",
-    "evaluate": "evaluate", "finetune": "finetune", "FinetuneResult": "finetune",
+    "evaluate": "evaluation", "finetune": "finetuning", "FinetuneResult": "finetuning",
     "load_data": "data",
     # legacy checkpoints
     "convert": "converter",

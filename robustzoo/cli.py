@@ -113,7 +113,7 @@ def _load_model(ref: str, args: argparse.Namespace, num_classes: int | None = No
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_data
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     model = _load_model(args.name, args)
     x, y = load_data(args.data, split=args.split, root=args.root, download=args.download, n=args.n)
@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .data import load_data
-    from .finetune import finetune
+    from .finetuning import finetune
     from .weights import save_pretrained
 
     model = _load_model(args.name, args)

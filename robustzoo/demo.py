@@ -48,8 +48,8 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, tor
 
 
 def _arm(model, data, cfg: dict, *, seed: int, progress: bool, label: str) -> dict:
-    from .evaluate import evaluate
-    from .finetune import finetune
+    from .evaluation import evaluate
+    from .finetuning import finetune
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()

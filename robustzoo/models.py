@@ -206,8 +206,8 @@ class ResNet(nn.Module):
         )
 
     def finetune(self, data, **kwargs):
-        """Fine-tune this model on ``data``; see :func:`robustzoo.finetune.finetune`."""
-        from .finetune import finetune
+        """Fine-tune this model on ``data``; see :func:`robustzoo.finetuning.finetune`."""
+        from .finetuning import finetune
 
         return finetune(self, data, **kwargs)
 

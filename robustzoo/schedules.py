@@ -1,4 +1,4 @@
-"""Learning-rate schedules and on-device augmentation for :mod:`robustzoo.finetune`.
+"""Learning-rate schedules and on-device augmentation for :mod:`robustzoo.finetuning`.
 
 Both are pure functions of their inputs (step counters, a ``torch.Generator``), so a resumed run
 recomputes exactly what an uninterrupted one would: there is no scheduler or loader state to save

@@ -1,4 +1,4 @@
-"""The training loop behind :func:`robustzoo.finetune.finetune`: epochs, validation, atomic checkpoints.
+"""The training loop behind :func:`robustzoo.finetuning.finetune`: epochs, validation, atomic checkpoints.
 
 Everything random comes from three seeded ``torch.Generator`` objects (data order on the CPU,
 augmentation and attack starts on the device) whose states go into every checkpoint together with
@@ -35,7 +35,7 @@ _SLEEP_ENV = "ROBUSTZOO_TEST_CKPT_SLEEP"
 
 @dataclass
 class Run:
-    """Everything one fine-tuning run needs; built and validated by :func:`robustzoo.finetune.finetune`."""
+    """Everything one fine-tuning run needs; built and validated by :func:`robustzoo.finetuning.finetune`."""
 
     model: nn.Module
     forward: Any  # model or torch.compile(model)

@@ -369,7 +369,8 @@ def test_cli_helpers_and_package_export(tmp_path):
 
 def test_package_export_is_the_function():
     """``robustzoo.convert`` is the function in whatever order the package and the module are imported."""
-    for code in ("import robustzoo; f = robustzoo.convert; from robustzoo.converter import convert; print(f is convert)",
+    for code in ("import robustzoo; f = robustzoo.convert; from robustzoo.converter import convert; "
+                 "print(f is convert)",
                  "import robustzoo.converter, robustzoo; print(robustzoo.convert is robustzoo.converter.convert)"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert out.stdout.strip() == "True", out.stderr[-2000:]

@@ -12,7 +12,7 @@ from torch import nn
 
 import robustzoo
 from robustzoo.errors import DataError, RobustZooError
-from robustzoo.evaluate import EvaluationWarning, cw_margin, evaluate
+from robustzoo.evaluation import EvaluationWarning, cw_margin, evaluate
 
 EPS = 0.1  # Fashion-MNIST budget used by the project
 

@@ -10,7 +10,7 @@ import torch
 import robustzoo
 import robustzoo.trainer as trainer
 from robustzoo.errors import DataError, RobustZooError
-from robustzoo.finetune import MODES, finetune
+from robustzoo.finetuning import MODES, finetune
 from robustzoo.schedules import augment, default_milestones, lr_factor
 
 FAST = dict(epochs=2, batch_size=32, eps=0.1, steps=1, eval_steps=1, lr=0.05, progress=False)
@@ -188,7 +188,7 @@ def _bad(data):
 def test_bad_inputs_raise_before_training(data, monkeypatch):
     calls = []
     monkeypatch.setattr(trainer, "fit", lambda run: calls.append(run))
-    monkeypatch.setattr("robustzoo.finetune.fit", lambda run: calls.append(run))
+    monkeypatch.setattr("robustzoo.finetuning.fit", lambda run: calls.append(run))
     for kw, match in _bad(data):
         model = kw.pop("model", None) or make_model()
         before = state(model)
@@ -223,8 +223,8 @@ def test_schedules_and_augment():
 
 
 def test_package_level_names_stay_callable(data):
-    import robustzoo.evaluate
-    import robustzoo.finetune  # noqa: F401  (rebinds the package attribute to the module)
+    import robustzoo.evaluation
+    import robustzoo.finetuning  # noqa: F401  (the modules have other names than the functions)
 
     assert callable(robustzoo.finetune) and callable(robustzoo.evaluate)
     res = robustzoo.finetune(make_model(), data, mode="linear", **(FAST | {"epochs": 1}))

@@ -104,3 +104,14 @@ def test_save_rejects_non_string_metadata(tmp_path):
 
 def test_exports():
     assert robustzoo.save_pretrained is save_pretrained and robustzoo.load_file is load_file
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    path = save_pretrained(create_model("resnet18", width=0.0625), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (path, tmp_path / "config.json"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

@@ -274,7 +274,8 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
 
     # save: the best epoch's weights (selection on the held-out split), tested once on the test split
     model.load_state_dict(best)
-    x_test = load_images(recipe, "test")[0].to(device)
+    x_test = load_images(recipe, "test")[0]
+    x_test = (x_test[: recipe.test_n] if recipe.test_n else x_test).to(device)
     test = evaluate_pretext(model, x_test, recipe, device, rank, world, amp, prefix="test")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,

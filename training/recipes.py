@@ -67,6 +67,7 @@ class Recipe:
     dataset: str = "cifar10"  # any robustzoo.data.load_data name, or "synthetic-cifar" / "synthetic-fmnist"
     data_root: str = ""
     subset: int = 0  # use only this many training images (0 = all); taken before the validation split
+    test_n: int = 0  # final pretext test evaluation on the first N test images (0 = all; CPU benchmarks)
     val_fraction: float = 0.1  # held out from the training set for model selection (paper: 5k of 50k)
     crop_pad: int = 4  # RandomCrop(32, padding=4) (the selfie scripts pad 2 and do not flip)
     flip: bool = True

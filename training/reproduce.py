@@ -10,9 +10,9 @@ What runs depends on the weight (``training/recipes.py``):
   (model selection on the held-out split, pretext accuracy on the test split once at the end);
 * classifiers (``*-adv-aft-*``, ``at-baseline-*``): the parent backbone is reproduced (or reused when
   ``<root>/<parent>`` already holds a run of the same recipe), then adversarial full fine-tuning
-  with :func:`robustzoo.finetune.finetune` (the paper's ``finetune/main.py``: Madry PGD-10, SGD 0.1,
+  with :func:`robustzoo.finetuning.finetune` (the paper's ``finetune/main.py``: Madry PGD-10, SGD 0.1,
   wd 3e-4, 100 epochs, x0.1 at 60/80; best epoch by robust accuracy on the held-out split), then
-  :func:`robustzoo.evaluate.evaluate` on the test set, once;
+  :func:`robustzoo.evaluation.evaluate` on the test set, once;
 * ``ens3-aft-*``: the three fine-tuned members are reproduced or reused and wrapped in
   :class:`robustzoo.models.SoftmaxEnsemble` (mean of softmaxes, spec 4.5), then evaluated.
 
@@ -64,7 +64,7 @@ def _done(out: Path, recipe: Recipe) -> bool:
 
 def _finetune(recipe: Recipe, model: torch.nn.Module, out: Path, resume: bool) -> tuple[torch.nn.Module, dict]:
     """Adversarial full fine-tuning (spec 4.2) with the held-out split for model selection."""
-    from robustzoo.finetune import finetune
+    from robustzoo.finetuning import finetune
 
     x, y = _float_data(recipe, "train")
     tr, va = train_val_split(recipe, len(x))
@@ -88,7 +88,7 @@ def _jsonable(obj):
 
 def _test(recipe: Recipe, model: torch.nn.Module) -> dict:
     """The one evaluation on the test split (after model selection on the held-out split)."""
-    from robustzoo.evaluate import evaluate
+    from robustzoo.evaluation import evaluate
 
     x, y = _float_data(recipe, "test")
     res = evaluate(model, (x, y), eps=recipe.eps, alpha=recipe.alpha, attacks=recipe.eval_attacks,

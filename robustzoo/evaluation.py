@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 import time
-import types
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -252,15 +250,3 @@ def model_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     """Per-sample top-1 correctness on clean inputs (no gradient)."""
     with torch.no_grad():
         return model(x).argmax(1) == y
-
-
-class _CallableModule(types.ModuleType):
-    """``import robustzoo.evaluate`` rebinds ``robustzoo.evaluate`` from the function to this module (Python sets a
-    submodule as an attribute of its package); making the module callable keeps ``robustzoo.evaluate(...)``
-    working whatever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

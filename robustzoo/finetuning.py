@@ -23,8 +23,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,15 +329,3 @@ def _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, *, seed, 
     return FinetuneResult(model=model, history=state["history"], best_epoch=state["best_epoch"],
                           best_metric=cfg["select"], settings=settings, checkpoint_dir=run.checkpoint_dir,
                           stopped_early=stopped, best_value=state["best_value"])
-
-
-class _CallableModule(types.ModuleType):
-    """``import robustzoo.finetune`` rebinds ``robustzoo.finetune`` from the function to this module (Python sets a
-    submodule as an attribute of its package); making the module callable keeps ``robustzoo.finetune(...)``
-    working whatever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
