@@ -1,4 +1,4 @@
-"""Rebuild the Fashion-MNIST subset shipped in ``robustzoo/data/`` (deterministic, class-balanced).
+"""Rebuild the Fashion-MNIST subset shipped in ``robustzoo/_data/`` (deterministic, class-balanced).
 
 Source: Fashion-MNIST (Xiao, Rasul, Vollgraf 2017, Zalando Research, MIT licence), read from the
 original IDX files of the Debian package ``dataset-fashion-mnist`` (sha256-checked by
@@ -34,7 +34,7 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="folder with the original *-ubyte.gz files")
-    ap.add_argument("--out", default=None, help="output folder (default: robustzoo/data)")
+    ap.add_argument("--out", default=None, help="output folder (default: robustzoo/_data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--update", action="store_true", help="print new hashes instead of failing on a mismatch")
     args = ap.parse_args(argv)

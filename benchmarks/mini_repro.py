@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     jpath = out / "mini_repro.json"
     resume = (args.resume or args.report_only) and jpath.exists()
     results = json.loads(jpath.read_text()) if resume else {"cells": {}, "pretrain_seconds": {}}

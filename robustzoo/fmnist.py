@@ -9,7 +9,7 @@ data with no download.
 * :func:`load_fashion_mnist` reads the original IDX ``.gz`` files, as installed by the Debian
   package ``dataset-fashion-mnist`` at ``/usr/share/datasets/fashion-mnist`` (or any ``root``),
   and checks their sha256 against the values recorded below.
-* :func:`load_embedded` reads the class-balanced subset shipped in ``robustzoo/data/`` (10,000
+* :func:`load_embedded` reads the class-balanced subset shipped in ``robustzoo/_data/`` (10,000
   train + 2,000 test images, uint8, ``.npz`` read with ``allow_pickle=False``) and checks the
   sha256 of its array contents. ``benchmarks/make_fmnist_subset.py`` rebuilds it bit-for-bit.
 
@@ -137,7 +137,7 @@ def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 
 def embedded_path(split: str) -> Path:
     """Where the shipped subset file for ``split`` lives inside the package."""
-    return Path(__file__).resolve().parent / "data" / EMBEDDED[_split(split)][0]
+    return Path(__file__).resolve().parent / "_data" / EMBEDDED[_split(split)][0]
 
 
 def load_embedded(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ def test_zoo_json_complete_and_well_formed():
     for e in ENTRIES:
         assert set(e) == fields, set(e) ^ fields
         assert e["dataset"] == "fashion-mnist" and e["input_size"] == [1, 28, 28] and e["width"] == 0.25
-        assert e["reproduce"].startswith("python benchmarks/train_zoo.py") and e["metrics"]["date"]
+        assert e["reproduce"].startswith(f"python training/reproduce.py {e['name']} ") and e["metrics"]["date"]
         assert REGISTRY[e["name"]].embedded and REGISTRY[e["name"]].published
         total += (ZOO / e["filename"]).stat().st_size
     assert total < 16e6  # a few MB: it ships inside the wheel
@@ -78,11 +78,11 @@ def test_classifier_clean_accuracy_matches_registry(name, test_split):
 @pytest.mark.slow  # ~15 s per backbone on an idle 2-core CPU (features of 7,000 images)
 @pytest.mark.parametrize("name", [e["name"] for e in ENTRIES if e["kind"] == "backbone"])
 def test_backbone_linear_probe_matches_registry(name, test_split):
-    """Same probe as benchmarks/train_zoo.py (same 5,000 training images), scored on the embedded test split."""
+    """Same probe as benchmarks/train_zoo.py (same training images), scored on the embedded test split."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from train_zoo import linear_probe
+    from mini_lib import linear_probe
 
     torch.set_num_threads(2)
     spec = REGISTRY[name]
