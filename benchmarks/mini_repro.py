@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--val-steps", type=int, default=5, help="PGD steps of the per-epoch validation attack")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="DIR",
+                    help="combine the mini_repro.json of runs made side by side (e.g. one process per seed), "
+                         "then report")
     ap.add_argument("--report-only", action="store_true", help="rebuild md/png from mini_repro.json (no training)")
     ap.add_argument("--update-results", action="store_true",
                     help="also write the table into the mini_repro section of benchmarks/RESULTS.md")
@@ -257,10 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     jpath = out / "mini_repro.json"
     resume = (args.resume or args.report_only) and jpath.exists()
     results = json.loads(jpath.read_text()) if resume else {"cells": {}, "pretrain_seconds": {}}
+    if args.merge:  # parallel processes, one per seed: cells are disjoint, wall time is the longest run
+        parts = [json.loads((Path(d) / "mini_repro.json").read_text()) for d in args.merge]
+        for part in parts:
+            results["cells"].update(part["cells"])
+            results["pretrain_seconds"].update(part["pretrain_seconds"])
+        merged = dict(parts[0]["args"], seeds=sorted({c["seed"] for c in results["cells"].values()}))
+        results.update(args=merged, wall_seconds=max(p["wall_seconds"] for p in parts), machine=parts[0]["machine"],
+                       date=parts[0]["date"],
+                       parallel=f"{len(parts)} processes side by side")
+        jpath.write_text(json.dumps(results, indent=1) + "\n")
+        args = argparse.Namespace(**{**merged, "out": str(out), "report_only": True, "merge": None,
+                                     "update_results": args.update_results})
     if args.report_only:
         args = argparse.Namespace(**{**results["args"], "report_only": True, "update_results": args.update_results})
-    results.update(args=vars(args), machine=MACHINE, date=time.strftime("%Y-%m-%d"),
-                   wall_seconds_before=results.get("wall_seconds", 0))
+    if not args.report_only:
+        results.update(args=vars(args), machine=MACHINE, date=time.strftime("%Y-%m-%d"),
+                       wall_seconds_before=results.get("wall_seconds", 0))
     data = load_data(args.n_train, quick=False)
     data["val"] = (data["val"][0][:200], data["val"][1][:200])
     t0 = time.perf_counter()
@@ -275,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd = (f"python benchmarks/mini_repro.py --n-train {args.n_train} --pt-epochs {args.pt_epochs} --ft-epochs "
            f"{args.ft_epochs} --std-epochs {args.std_epochs} --pgd-n {args.pgd_n} --aa-n {args.aa_n} --val-steps "
            f"{args.val_steps}")
-    wall = (f"{results['wall_seconds'] / 60:.0f} min wall for seeds {results['seeds_done']}, machine shared with "
-            "other jobs" if "wall_seconds" in results else "partial: first seed still running")
+    seeds = sorted({c["seed"] for c in results["cells"].values()})
+    wall = (f"{results['wall_seconds'] / 60:.0f} min wall for seeds {seeds}"
+            + (f" run as {results['parallel']}" if results.get("parallel") else "")
+            + ", machine shared with other jobs" if "wall_seconds" in results else "partial: first seed still running")
     md = [f"Mini-reproduction of Chen et al. (CVPR 2020) on Fashion-MNIST, measured {results['date']} on "
           f"{MACHINE}: `{cmd}` ({wall}).",
           "",

@@ -82,7 +82,9 @@ def test_name_normalisation():
 
 def test_list_models_filters():
     assert list_models("rot-*-r50") == ["rot-adv-aft-r50", "rot-adv-r50", "rot-std-r50"]
-    assert set(list_models(task="jigsaw", arch="r18")) == {"jig-std-r18", "jig-adv-r18", "jig-adv-aft-r18"}
+    assert set(list_models(task="jigsaw", arch="r18", dataset="cifar10")) == {"jig-std-r18", "jig-adv-r18",
+                                                                              "jig-adv-aft-r18"}
+    assert all(REGISTRY[n].dataset == "fashion-mnist" for n in list_models("*-fmnist"))
     assert all(REGISTRY[n].kind == "classifier" for n in list_models(kind="classifier"))
     assert list_models(dataset="imagenet") == []
     assert all(REGISTRY[n].published for n in list_models(published=True))
