@@ -38,6 +38,10 @@ def render_registry_table() -> str:
     for name in sorted(REGISTRY):
         s = REGISTRY[name]
         measured = _fmt(dict(s.metrics))
+        pretext = {k: v for k, v in s.metrics.items() if k.startswith(("pretext_clean_", "pretext_robust_"))}
+        if "linear_probe_clean" in s.metrics:  # backbones: a linear probe and the pretext task itself
+            measured = f"linear probe {s.metrics['linear_probe_clean']:.2f}" + "".join(
+                f", {k.replace('pretext_', 'pretext ').replace('_', ' ')} {v:.2f}" for k, v in sorted(pretext.items()))
         if measured != "-" and s.metrics.get("eps"):
             measured += f" (eps {s.metrics['eps']})"
         lines.append(

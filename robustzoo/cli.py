@@ -35,6 +35,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _metric(spec_metrics: dict) -> str:
+    if "linear_probe_clean" in spec_metrics:  # a backbone: linear-probe clean accuracy
+        return f"probe {spec_metrics['linear_probe_clean']:.2f}"
     keys = [k for k in ("clean", "pgd20", "autoattack") if k in spec_metrics]
     return " / ".join(f"{spec_metrics[k]:.2f}" for k in keys) if keys else "-"
 
