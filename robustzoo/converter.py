@@ -33,7 +33,6 @@ Formats (one ``.pt``/``.pth.tar`` per source unless said otherwise):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pickle
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ._download import file_sha256
 from .errors import ConversionError
 from .models import ResNet, SoftmaxEnsemble
 from .weights import describe_bytes, save_pretrained
@@ -88,14 +88,6 @@ def _layout(fmt: str, keep_head: bool, branch: str) -> _Layout:
     dropped = tuple(p for p in ("layer4_rotation", "layer4_jigsaw", "fc_rotation", "fc_jigsaw") if p not in used)
     attach = None if branch == "none" else f"layer4_{branch}"
     return _Layout({**trunk, "layer4": attach, "linear": f"fc_{branch}" if keep_head else None}, dropped)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read(path: Path) -> object:
@@ -295,7 +287,7 @@ def convert(
     meta = {
         "source_format": format,
         "source_files": json.dumps([p.name for p in paths]),
-        "source_sha256": json.dumps([_sha256(p) for p in paths]),
+        "source_sha256": json.dumps([file_sha256(p) for p in paths]),
         "converted_by": f"robustzoo {__version__}",
         "trained_stages": ",".join(m for m in (*_STAGES, "linear") if layout.modules[m]),
         "initialised": ",".join(fresh) + (f" (seed {seed})" if fresh else ""),

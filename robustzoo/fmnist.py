@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._download import file_sha256
 from .errors import DataError
 
 __all__ = ["CLASSES", "DEFAULT_ROOT", "FILES", "EMBEDDED", "load_fashion_mnist", "load_embedded", "content_sha256"]
@@ -61,14 +62,6 @@ def _split(split: str) -> str:
     return split
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_idx(raw: bytes, ndim: int, path: Path) -> np.ndarray:
     """Parse an IDX file (big-endian header: 0, 0, dtype 0x08 = uint8, ndim, then the dims)."""
     if len(raw) < 4 + 4 * ndim or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
@@ -94,7 +87,7 @@ def read_raw(split: str = "train", root: str | os.PathLike | None = None) -> tup
         path = root / fname
         if not path.is_file():
             raise DataError(f"Fashion-MNIST file {path} not found; {_INSTALL_HINT}")
-        got = _sha256_file(path)
+        got = file_sha256(path)
         if got != expected:
             raise DataError(f"{path} has sha256 {got}, expected {expected}: the file is corrupt or not the original")
         try:

@@ -38,6 +38,15 @@ def _isolate(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One BLAS thread per test module (a test may raise it; the next module starts at 1 again)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def hub_server():
     """A fresh loopback Hub (see tests/hubserver.py): ``.endpoint``, ``.add_commit``, ``.inject``, ``.log``."""

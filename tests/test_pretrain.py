@@ -27,14 +27,6 @@ TINY = ["--width=0.0625", "--epochs=1", "--ft_epochs=1", "--subset=48", "--batch
         "--dataset=synthetic-cifar", "--progress=False", "--eval_attacks=('clean','pgd2')"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tensors(path: Path) -> dict:
     from safetensors.torch import load_file as st_load
 

@@ -28,15 +28,6 @@ from training.tasks import (  # noqa: E402
 TINY = 0.0625
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two shared cores: oversubscribed OpenMP threads make tiny convolutions 100x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(name: str, **kw) -> PretextModel:
     recipe = replace(resolve(name), width=TINY, selfie_layers=2, selfie_heads=2, **kw)
     torch.manual_seed(0)
