@@ -22,7 +22,6 @@ training images, tested on all 10,000).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import shlex
@@ -34,6 +33,8 @@ from pathlib import Path
 import torch
 from mini_lib import EPS, MACHINE, ROOT, linear_probe, load_data
 
+from robustzoo._download import file_sha256
+
 CPU = "--subset=5000 --attack_steps=3 --alpha=0.04 --progress=False"
 ZOO = {  # name -> (kind, reproduce overrides): the zoo's CPU budget
     "rot-std-r18-w16-fmnist": ("backbone", "--epochs=3 --subset=5000 --progress=False"),
@@ -42,10 +43,6 @@ ZOO = {  # name -> (kind, reproduce overrides): the zoo's CPU budget
     "at-baseline-r18-w16-fmnist": ("classifier", f"--ft_epochs=3 {CPU} \"--eval_attacks=('clean',)\""),
 }
 TASK = {"rot": "rotation", "jig": "jigsaw", "at": "none"}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def reproduce(name: str, runs: Path) -> tuple[Path, dict, float]:
@@ -97,7 +94,7 @@ def entry(name: str, path: Path, metrics: dict, report: dict) -> dict:
         "pretrain_attack": attack if adv and kind == "backbone" else None,
         "finetune": (f"adv-full from scratch (Madry {attack}, {recipe['ft_epochs']} epochs)"
                      if kind == "classifier" else None),
-        "parents": [], "repo_id": None, "filename": path.name, "revision": None, "sha256": sha256(path),
+        "parents": [], "repo_id": None, "filename": path.name, "revision": None, "sha256": file_sha256(path),
         "recipe": name, "reproduce": f"python training/reproduce.py {name} {ZOO[name][1]}",
         "metrics": metrics, "paper_metrics": {}, "description": desc,
     }
