@@ -213,17 +213,17 @@ def test_offline_hit_and_miss(hub_server, tiny_weights, monkeypatch, switch):
     assert hub_server.log == []  # offline never touched the network
 
 
-def test_endpoint_is_resolved_at_call_time_in_order(tiny_weights, monkeypatch):
+def test_endpoint_is_resolved_at_call_time_in_order(tiny_weights, monkeypatch, tmp_path):
     from hubserver import HubServer
 
     with HubServer() as a, HubServer() as b, HubServer() as c:
         for s in (a, b, c):
             s.add_commit(REPO, {"model.safetensors": tiny_weights})
         monkeypatch.setenv("HF_ENDPOINT", a.endpoint)
-        robustzoo.download(f"hf-hub:{REPO}", cache_dir="c1", progress=False)
+        robustzoo.download(f"hf-hub:{REPO}", cache_dir=tmp_path / "c1", progress=False)
         monkeypatch.setenv("ROBUSTZOO_ENDPOINT", b.endpoint + "/")
-        robustzoo.download(f"hf-hub:{REPO}", cache_dir="c2", progress=False)
-        robustzoo.download(f"hf-hub:{REPO}", endpoint=c.endpoint, cache_dir="c3", progress=False)
+        robustzoo.download(f"hf-hub:{REPO}", cache_dir=tmp_path / "c2", progress=False)
+        robustzoo.download(f"hf-hub:{REPO}", endpoint=c.endpoint, cache_dir=tmp_path / "c3", progress=False)
         assert [s.count("GET") for s in (a, b, c)] == [1, 1, 1]
     assert hub.resolve_endpoint() == b.endpoint
 
