@@ -57,14 +57,24 @@ def finetune_loop(model: torch.nn.Module, train: tuple, val: tuple, *, mode: str
     result = finetune(model, train, mode=mode, val_data=val, epochs=epochs, steps=steps, alpha=alpha, eps=EPS,
                       eval_steps=val_steps, seed=seed, lr=lr, batch_size=batch_size, schedule="cosine",
                       num_classes=10 if getattr(model, "num_classes", 10) == 0 else None,
-                      padding=2, progress=progress)
+                      padding=2, progress=progress, channels_last=True)
     history = [{"epoch": i, "loss": r["loss"], "val_clean": r["val_clean"], "val_robust": r["val_robust"],
                 "seconds": r["seconds"]} for i, r in enumerate(result.history)]
     return result.model.eval(), history, result.best_epoch - 1
 
 
-def linear_probe(backbone: torch.nn.Module, train: tuple, test: tuple, *, epochs: int = 100, seed: int = 0) -> float:
-    """Clean test accuracy (%) of a logistic-regression head on frozen, pooled features (full-batch L-BFGS)."""
+def for_eval(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in eval mode with channels-last weights: same function, and 1.17x (width 0.25) to 1.35x
+    (width 0.125) more PGD steps per second on this CPU (measured 2026-11-28, one thread, batch 256)."""
+    return model.to(memory_format=torch.channels_last).eval()
+
+
+def linear_probe(backbone: torch.nn.Module, train: tuple, test: tuple, *, epochs: int = 100,
+                 seed: int = 0) -> tuple[float, torch.nn.Module]:
+    """Logistic-regression head on frozen, pooled features (full-batch L-BFGS).
+
+    Returns the clean test accuracy (%) and the probe as one classifier (backbone, then the head with
+    the feature standardisation folded in), so that it can be attacked end to end like any model."""
     backbone.eval()
     with torch.no_grad():
         ftr = torch.cat([backbone(b) for b in train[0].split(500)])
@@ -83,4 +93,8 @@ def linear_probe(backbone: torch.nn.Module, train: tuple, test: tuple, *, epochs
 
     opt.step(closure)
     with torch.no_grad():
-        return 100.0 * (head(fte).argmax(1) == test[1]).float().mean().item()
+        acc = 100.0 * (head(fte).argmax(1) == test[1]).float().mean().item()
+        folded = torch.nn.Linear(ftr.shape[1], 10)  # head((f - mu) / sd) == folded(f)
+        folded.weight.copy_(head.weight / sd)
+        folded.bias.copy_(head.bias - folded.weight @ mu)
+    return acc, torch.nn.Sequential(backbone, folded).eval()

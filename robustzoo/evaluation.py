@@ -135,6 +135,26 @@ def _pgd_correct(model, x, y, spec, *, eps, alpha, restarts, generator, amp) -> 
     return correct
 
 
+def _pgd_eval(model, x, y, clean, spec, *, eps, alpha, restarts, seed, batch_size, device, amp, progress):
+    """PGD on the clean-correct samples only: the others count as non-robust whatever the attack does,
+    so skipping them gives the same accuracy for (1 - clean accuracy) less compute."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = clean.nonzero().squeeze(1)
+    got = torch.zeros(len(x), dtype=torch.bool)
+    done = 0
+    bar = tqdm(total=len(x), desc=spec["name"], disable=not progress, leave=False)
+    bar.update(len(x) - len(idx))
+    for ib in idx.split(batch_size):
+        got[ib] = ok = _pgd_correct(model, x[ib].to(device), y[ib].to(device), spec, eps=eps, alpha=alpha,
+                                    restarts=restarts, generator=gen, amp=amp).cpu()
+        if progress:  # the count syncs with the device: only when a bar shows it
+            done += int(ok.sum())
+            bar.update(len(ib))
+            bar.set_postfix(acc=f"{100 * done / max(1, bar.n):.1f}%")
+    bar.close()
+    return got
+
+
 def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str]:
     try:
         from pyautoattack import AutoAttack
@@ -206,7 +226,6 @@ def evaluate(
     x, y = load_data(data, split=split, root=root, n=n, in_chans=getattr(model, "in_chans", None),
                      num_classes=getattr(model, "num_classes", None))
     model.to(device)
-    gen = torch.Generator(device=device)
     settings = {"eps": float(eps), "alpha": float(alpha), "norm": "Linf", "restarts": restarts, "n": len(x),
                 "seed": seed, "batch_size": batch_size, "device": str(device), "amp": amp,
                 "attacks": specs, "seconds": {}, "versions": {"torch": torch.__version__}}
@@ -226,18 +245,8 @@ def evaluate(
                 got, settings["versions"]["pyautoattack"] = _autoattack(
                     model, x, y, eps=eps, batch_size=batch_size, device=device, seed=seed)
             else:
-                gen.manual_seed(seed)
-                parts, done, seen = [], 0, 0
-                bar = tqdm(total=len(x), desc=name, disable=not progress, leave=False)
-                for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                    parts.append(_pgd_correct(model, xb.to(device), yb.to(device), spec, eps=eps, alpha=alpha,
-                                              restarts=restarts, generator=gen, amp=amp).cpu())
-                    if progress:  # the count syncs with the device: only when a bar shows it
-                        done, seen = done + int(parts[-1].sum()), seen + len(xb)
-                        bar.update(len(xb))
-                        bar.set_postfix(acc=f"{100 * done / seen:.1f}%")
-                bar.close()
-                got = torch.cat(parts)
+                got = _pgd_eval(model, x, y, clean, spec, eps=eps, alpha=alpha, restarts=restarts, seed=seed,
+                                batch_size=batch_size, device=device, amp=amp, progress=progress)
             settings["seconds"][name] = round(time.perf_counter() - t0, 3)
             correct[name] = clean & got.cpu()  # robust implies clean-correct, by definition
     accuracy = {k: 100.0 * v.double().mean().item() for k, v in correct.items()}
