@@ -88,6 +88,6 @@ def test_backbone_linear_probe_matches_registry(name, test_split):
     spec = REGISTRY[name]
     xtr, ytr = load_embedded("train")
     n = spec.metrics["n_train"]
-    acc = linear_probe(robustzoo.load(name), (xtr[:n], ytr[:n]), test_split)
+    acc, _ = linear_probe(robustzoo.load(name), (xtr[:n], ytr[:n]), test_split)
     reported = spec.metrics["linear_probe_clean"]
     assert abs(acc - reported) <= TOL, f"{name}: probe {acc:.2f} on the embedded split vs {reported} in the registry"
