@@ -9,16 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .registry import REGISTRY, WeightSpec
+from .registry import REGISTRY, WeightSpec, format_metrics
 
 __all__ = ["render_registry_table", "update_model_card", "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
-
-
-def _fmt(metrics: dict, keys=("clean", "pgd20", "autoattack")) -> str:
-    parts = [f"{k} {metrics[k]:.2f}" for k in keys if isinstance(metrics.get(k), (int, float))]
-    return ", ".join(parts) if parts else "-"
 
 
 def _status(spec: WeightSpec) -> str:
@@ -37,16 +32,12 @@ def render_registry_table() -> str:
     ]
     for name in sorted(REGISTRY):
         s = REGISTRY[name]
-        measured = _fmt(dict(s.metrics))
-        pretext = {k: v for k, v in s.metrics.items() if k.startswith(("pretext_clean_", "pretext_robust_"))}
-        if "linear_probe_clean" in s.metrics:  # backbones: a linear probe and the pretext task itself
-            measured = f"linear probe {s.metrics['linear_probe_clean']:.2f}" + "".join(
-                f", {k.replace('pretext_', 'pretext ').replace('_', ' ')} {v:.2f}" for k, v in sorted(pretext.items()))
+        measured = format_metrics(s.metrics)
         if measured != "-" and s.metrics.get("eps"):
             measured += f" (eps {s.metrics['eps']})"
         lines.append(
             f"| `{name}` | {s.arch} (w {s.width:g}) | {s.description} | {s.pretrain_attack or '-'} | "
-            f"{s.finetune or '-'} | {_status(s)} | {measured} | {_fmt(dict(s.paper_metrics))} |"
+            f"{s.finetune or '-'} | {_status(s)} | {measured} | {format_metrics(s.paper_metrics)} |"
         )
     return "\n".join(lines)
 

@@ -34,15 +34,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _metric(spec_metrics: dict) -> str:
-    if "linear_probe_clean" in spec_metrics:  # a backbone: linear-probe clean accuracy
-        return f"probe {spec_metrics['linear_probe_clean']:.2f}"
-    keys = [k for k in ("clean", "pgd20", "autoattack") if k in spec_metrics]
-    return " / ".join(f"{spec_metrics[k]:.2f}" for k in keys) if keys else "-"
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import list_models, model_info
+    from .registry import format_metrics, list_models, model_info
 
     names = list_models(
         args.pattern, task=args.task, arch=args.arch, dataset=args.dataset, kind=args.kind,
@@ -52,11 +45,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for n in names:
         s = model_info(n)
         status = "embedded" if s.embedded else ("hub" if s.published else "not published")
-        rows.append([n, s.arch, s.kind, s.task, s.training, s.dataset, status, _metric(dict(s.metrics)),
-                     _metric(dict(s.paper_metrics))])
+        rows.append([n, s.arch, s.kind, s.task, s.training, s.dataset, status, format_metrics(s.metrics),
+                     format_metrics(s.paper_metrics)])
     header = ["name", "arch", "kind", "task", "train", "dataset", "status", "measured", "paper"]
     print(_table(rows, header) if rows else "no model matches")
-    print(f"\n{len(rows)} of {len(list_models())} models; metrics are clean / PGD-20 / AutoAttack accuracy (%)")
+    print(f"\n{len(rows)} of {len(list_models())} models; accuracies in %, on the whole test set "
+          "unless '(first N)' says otherwise")
     return 0
 
 

@@ -206,3 +206,30 @@ def list_models(
             continue
         out.append(name)
     return sorted(out)
+
+
+_LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
+           "autoattack_robustbench": "AA (RobustBench)"}
+
+
+def format_metrics(metrics: Mapping[str, object]) -> str:
+    """One-line summary of a ``metrics`` or ``paper_metrics`` mapping, accuracies in %.
+
+    An attack run on fewer images than the clean number says so (``PGD-20 57.10 (first 2000)``), so
+    a subset figure is never shown as a full-test-set one. Backbones show their linear probe.
+    """
+    def num(key: str) -> float | None:
+        v = metrics.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    n = num("n")
+    prefix, label = ("linear_probe_", "linear probe ") if num("linear_probe_clean") is not None else ("", "")
+    parts = []
+    for key, name in _LABELS.items():
+        v, sub = num(prefix + key), num(f"{key}_n")
+        if v is not None:
+            parts.append(f"{name} {v:.2f}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
+    out = label + ", ".join(parts)
+    pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))
+    out += "".join(f"; pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None)
+    return out or "-"

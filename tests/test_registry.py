@@ -94,3 +94,18 @@ def test_list_models_filters():
 def test_top_level_exports():
     assert robustzoo.list_models is list_models and robustzoo.model_info is model_info
     assert robustzoo.WeightSpec is WeightSpec
+
+
+def test_format_metrics_names_every_subset():
+    from robustzoo.registry import format_metrics
+
+    cls = {"clean": 70.68, "n": 10000, "pgd20": 57.1, "pgd20_n": 10000, "autoattack": 54.5, "autoattack_n": 200,
+           "date": "2026-11-27"}
+    assert format_metrics(cls) == "clean 70.68, PGD-20 57.10, AutoAttack 54.50 (first 200)"
+    assert format_metrics({**cls, "pgd20_n": 2000}).startswith("clean 70.68, PGD-20 57.10 (first 2000), ")
+    bb = {"linear_probe_clean": 81.7, "linear_probe_pgd20": 0.5, "n": 10000, "pgd20_n": 10000,
+          "pretext_clean_rotation": 89.63, "pretext_score": 89.63}
+    assert format_metrics(bb) == "linear probe clean 81.70, PGD-20 0.50; pretext clean rotation 89.63"
+    assert format_metrics(model_info("ens3-aft-r50").paper_metrics) == (
+        "clean 86.04, PGD-20 54.64, AA (RobustBench) 51.56")
+    assert format_metrics({}) == "-" and format_metrics({"clean": True, "source": "x"}) == "-"
