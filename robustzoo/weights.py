@@ -14,7 +14,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from torch import nn
 from .errors import WeightFormatError
 from .models import create_model
 
-__all__ = ["save_pretrained", "load_file", "read_metadata", "describe_bytes", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_pretrained", "load_file", "read_metadata", "describe_bytes", "atomic_write", "WEIGHTS_NAME",
+           "CONFIG_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -42,8 +43,9 @@ def _version() -> str:
     return __version__
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder and ``os.replace`` it: never a partial file."""
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temp file in the same folder, then ``os.replace`` it onto ``path``:
+    readers never see a partial file, and a crash leaves the old file (or none) in place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -94,9 +96,9 @@ def save_pretrained(
         meta.setdefault(key, value)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = directory / WEIGHTS_NAME
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     card = dict(config, name=name, robustzoo_version=meta["robustzoo_version"])
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from robustzoo.weights import _atomic_write, save_pretrained
+from robustzoo.weights import atomic_write, save_pretrained
 
 __all__ = ["save_checkpoint", "load_checkpoint", "write_jsonl", "export", "git_commit", "SLEEP_ENV"]
 
@@ -41,7 +41,7 @@ def save_checkpoint(path: Path, model, best: dict, opt, state: dict) -> None:
         _fsync(tmp)
         time.sleep(float(os.environ.get(SLEEP_ENV, "0")))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _fsync(path: str) -> None:
@@ -68,7 +68,7 @@ def load_checkpoint(path: Path, model, opt, device) -> tuple[dict, dict]:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Rewrite the whole metrics file atomically (so it always matches the checkpoint after a resume)."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
 
 
 def git_commit() -> str:
@@ -92,5 +92,5 @@ def export(model, recipe, out: Path, report: dict) -> None:
             **model.task.export_metadata()}
     save_pretrained(model.export_backbone(), out, name=recipe.name, metadata=meta)
     full = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / "pretext.safetensors", lambda tmp: save_file(full, tmp, metadata=meta))
-    _atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    atomic_write(out / "pretext.safetensors", lambda tmp: save_file(full, tmp, metadata=meta))
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet  # noqa: E402
-from robustzoo.weights import _atomic_write  # noqa: E402
+from robustzoo.weights import atomic_write  # noqa: E402
 from training.checkpoint import export, git_commit, load_checkpoint, save_checkpoint, write_jsonl  # noqa: E402
 from training.data import augment, load_images, train_val_split  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
@@ -178,7 +178,7 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         info = dict(recipe=recipe.to_dict(), git_commit=git_commit(), world_size=world, torch=torch.__version__)
-        _atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
 
     # data: uint8 on the device, held-out split from the training set
     x_all, _ = load_images(recipe, "train")

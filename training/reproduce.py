@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet, SoftmaxEnsemble  # noqa: E402
-from robustzoo.weights import _atomic_write, load_file, save_pretrained  # noqa: E402
+from robustzoo.weights import atomic_write, load_file, save_pretrained  # noqa: E402
 from training.data import load_images, train_val_split  # noqa: E402
 from training.pretrain import git_commit, pretrain  # noqa: E402
 from training.recipes import Recipe, RecipeError, parse_overrides, resolve  # noqa: E402
@@ -131,7 +131,7 @@ def reproduce(name: str, overrides: list[str] | dict | None = None, *, root: str
             "parents": json.dumps(list(recipe.parents)), "recipe_json": json.dumps(recipe.to_dict()),
             "test_accuracy": json.dumps(report["test"]["accuracy"])}
     save_pretrained(model.cpu(), out, name=name, metadata=meta)
-    _atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(report), indent=2)))
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(report), indent=2)))
     return report
 
 
