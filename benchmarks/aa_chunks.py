@@ -1,0 +1,114 @@
+"""AutoAttack on an embedded zoo classifier, in chunks that add up across processes and sessions.
+
+Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) costs about 7 s per Fashion-MNIST test image
+on one core of this machine for ``at-baseline-r18-w16-fmnist`` (measured 2026-11-28), so all
+10,000 images would take about 20 CPU hours: more than a session. Each chunk of test images is
+therefore attacked on its own and written to ``benchmarks/aa/<name>/<start>-<end>.json`` (counts
+plus the per-image outcome), tagged with the weight's sha256; ``--merge`` sums the contiguous
+chunks from image 0 and writes the figure into ``robustzoo/zoo/zoo.json``. AutoAttack decides
+each image on its own, so disjoint chunks add up to the same estimate as one run over their union.
+
+    python benchmarks/aa_chunks.py NAME --end 1000 --worker 0 --workers 2   # one process per core
+    python benchmarks/aa_chunks.py NAME --end 1000 --worker 1 --workers 2
+    python benchmarks/aa_chunks.py NAME --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from mini_lib import EPS, MACHINE, ROOT, for_eval
+
+from robustzoo._download import file_sha256
+from robustzoo.weights import atomic_write
+
+OUT = ROOT / "benchmarks" / "aa"
+ZOO_JSON = ROOT / "robustzoo" / "zoo" / "zoo.json"
+
+
+def run_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> dict:
+    from robustzoo.evaluation import evaluate
+
+    t0 = time.perf_counter()
+    res = evaluate(model, (x[start:end], y[start:end]), eps=EPS, attacks=("clean", "autoattack"), progress=False)
+    return {"name": name, "sha256": sha, "start": start, "end": end, "n": res.n,
+            "clean": int(res.correct["clean"].sum()), "robust": int(res.correct["autoattack"].sum()),
+            "robust_per_image": "".join("1" if c else "0" for c in res.correct["autoattack"].tolist()),
+            "attack": f"AutoAttack standard, Linf eps {EPS}, seed 0", "versions": res.settings["versions"],
+            "seconds": round(time.perf_counter() - t0, 1), "machine": MACHINE, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
+
+
+def chunks_on_file(name: str, sha: str) -> list[dict]:
+    """Chunk records for this exact weight file, sorted by start; other files' chunks are ignored."""
+    found = [json.loads(p.read_text()) for p in sorted((OUT / name).glob("*.json"))]
+    return sorted((c for c in found if c["sha256"] == sha), key=lambda c: c["start"])
+
+
+def merge(name: str, sha: str) -> dict:
+    """Sum the contiguous chunks from image 0 into the zoo entry's AutoAttack figures."""
+    n = clean = robust = 0
+    dates = []
+    for c in chunks_on_file(name, sha):
+        if c["start"] != n:
+            break  # a gap: only a prefix of the test set counts as "the first n images"
+        n, clean, robust = c["end"], clean + c["clean"], robust + c["robust"]
+        dates.append(c["date"])
+    if not n:
+        raise SystemExit(f"no chunk starting at image 0 for {name} (sha256 {sha[:12]})")
+    entries = json.loads(ZOO_JSON.read_text())
+    entry = next(e for e in entries if e["name"] == name)
+    entry["metrics"].update(autoattack=round(100 * robust / n, 2), autoattack_n=n,
+                            clean_on_autoattack_subset=round(100 * clean / n, 2),
+                            autoattack_date=", ".join(sorted(set(dates))))
+    ZOO_JSON.write_text(json.dumps(entries, indent=1) + "\n")
+    return entry["metrics"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from robustzoo.fmnist import load_fashion_mnist
+    from robustzoo.hub import load
+    from robustzoo.registry import REGISTRY
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="an embedded classifier, e.g. at-baseline-r18-w16-fmnist")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--end", type=int, default=1000)
+    ap.add_argument("--chunk", type=int, default=100, help="test images per chunk file")
+    ap.add_argument("--worker", type=int, default=0, help="this process takes chunk k if k %% workers == worker")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--merge", action="store_true", help="write the contiguous chunks' total into zoo.json")
+    args = ap.parse_args(argv)
+    spec = REGISTRY.get(args.name)
+    if spec is None or not spec.embedded or spec.kind != "classifier":
+        ap.error(f"{args.name!r} is not an embedded classifier")
+    sha = file_sha256(ROOT / "robustzoo" / "zoo" / spec.filename)
+    if args.merge:
+        print(json.dumps(merge(args.name, sha)))
+        return 0
+    torch.set_num_threads(1)
+    model = for_eval(load(args.name))
+    x, y = load_fashion_mnist("test")
+    if not 0 <= args.start < args.end <= len(x):
+        ap.error(f"need 0 <= --start < --end <= {len(x)}")
+    done = {(c["start"], c["end"]) for c in chunks_on_file(args.name, sha)}
+    (OUT / args.name).mkdir(parents=True, exist_ok=True)
+    for k, s in enumerate(range(args.start, args.end, args.chunk)):
+        e = min(s + args.chunk, args.end)
+        if k % args.workers != args.worker or (s, e) in done:
+            continue
+        rec = run_chunk(args.name, model, x, y, s, e, sha)
+        atomic_write(OUT / args.name / f"{s:05d}-{e:05d}.json",  # a killed run leaves no half-written chunk
+                     lambda tmp, rec=rec: Path(tmp).write_text(json.dumps(rec, indent=1) + "\n"))
+        print(f"{s}-{e}: robust {rec['robust']}/{rec['n']} (clean {rec['clean']}) in {rec['seconds']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
