@@ -183,8 +183,10 @@ def verdicts(results: dict, args) -> list[str]:
         hits = ett.get(p, [])
         reached = [v for v in hits if v is not None]
         fewer = sum(1 for v in reached if v < args.ft_epochs)
+        shown = ", ".join(f">{args.ft_epochs}" if v is None else str(v) for v in hits)
         out.append(f"2. Saves adversarial fine-tuning epochs ({p}): reaches scratch's best val RA after "
-                   f"{hits} epochs (scratch needs up to {args.ft_epochs}); fewer epochs in {fewer}/{len(hits)} seeds "
+                   f"[{shown}] epochs (scratch needs up to {args.ft_epochs}); fewer epochs in {fewer}/{len(hits)} "
+                   "seeds "
                    f"-> {'holds' if hits and fewer == len(hits) else 'partly holds' if fewer else 'does not hold'}."
                    f"{caveat}")
     d = mean("ens-ft", "adv-full") - mean(best_single, "adv-full")
@@ -232,6 +234,16 @@ def update_results_section(text: str, path: Path = OUT / "RESULTS.md") -> None:
     path.write_text(doc[:start] + "\n" + text.strip() + "\n" + doc[end:])
 
 
+def update_model_card(text: str, path: Path = ROOT / "MODEL_CARD.md") -> None:
+    """Replace the block between the mini_repro markers of MODEL_CARD.md (image path from the repo root)."""
+    start, end = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
+    doc = path.read_text()
+    head, rest = doc.split(start, 1)
+    body = text.strip().replace("](mini_repro.png)", "](benchmarks/mini_repro.png)")
+    intro = "Produced by `benchmarks/mini_repro.py` (also in benchmarks/RESULTS.md). All numbers measured here."
+    path.write_text(f"{head}{start}\n{intro}\n\n{body}\n{end}{rest.split(end, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from mini_lib import load_data
 
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                          "then report")
     ap.add_argument("--report-only", action="store_true", help="rebuild md/png from mini_repro.json (no training)")
     ap.add_argument("--update-results", action="store_true",
-                    help="also write the table into the mini_repro section of benchmarks/RESULTS.md")
+                    help="also write the report into benchmarks/RESULTS.md and MODEL_CARD.md (their mini_repro blocks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -316,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "mini_repro.md").write_text("\n".join(md) + "\n")
     if getattr(args, "update_results", False):
         update_results_section("\n".join(md))
+        update_model_card("\n".join(md))
     print("\n".join(md))
     return 0
 
