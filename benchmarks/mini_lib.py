@@ -64,8 +64,8 @@ def finetune_loop(model: torch.nn.Module, train: tuple, val: tuple, *, mode: str
 
 
 def for_eval(model: torch.nn.Module) -> torch.nn.Module:
-    """The model in eval mode with channels-last weights: same function, and 1.17x (width 0.25) to 1.35x
-    (width 0.125) more PGD steps per second on this CPU (measured 2026-11-28, one thread, batch 256)."""
+    """The model in eval mode with channels-last weights: the same function, and 1.2x to 1.4x more PGD
+    steps per second on this CPU (``benchmarks/eval_speed.py``, benchmarks/RESULTS.md)."""
     return model.to(memory_format=torch.channels_last).eval()
 
 
