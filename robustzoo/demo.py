@@ -148,6 +148,7 @@ def run_demo(
     pre = robustzoo.load(backbone)
     if getattr(pre, "num_classes", None) != 0:
         raise DataError(f"{backbone} is not a headless pretrained backbone")
+    torch.manual_seed(seed)  # the new head's initialisation is part of the seeded run
     pre.reset_classifier(10)
     torch.manual_seed(seed)
     scratch = create_model(**{**pre.config, "num_classes": 10})

@@ -37,3 +37,20 @@ def test_demo_bad_backbone(tmp_path):
 
     with pytest.raises(RobustZooError):
         run_demo(quick=True, out_dir=tmp_path, progress=False, backbone="at-baseline-r18-w16-fmnist")
+
+
+def test_demo_is_reproducible_whatever_ran_before(tmp_path, monkeypatch):
+    """Both arms are seeded, the pretrained arm's new head included (it once used the unseeded global RNG)."""
+    import torch
+
+    from robustzoo.demo import run_demo
+
+    monkeypatch.setenv("ROBUSTZOO_OFFLINE", "1")
+    runs = []
+    for i, noise in enumerate((0, 1)):
+        torch.manual_seed(12345 + noise)  # a different global RNG state before each run
+        torch.rand(7)
+        run_demo(quick=True, out_dir=tmp_path / str(i), progress=False)
+        runs.append(json.loads((tmp_path / str(i) / "demo_results.json").read_text())["arms"])
+    for a, b in zip(*runs):
+        assert (a["clean"], a["pgd20"], a["history"][-1]["loss"]) == (b["clean"], b["pgd20"], b["history"][-1]["loss"])
