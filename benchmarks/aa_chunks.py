@@ -1,8 +1,9 @@
 """AutoAttack on an embedded zoo classifier, in chunks that add up across processes and sessions.
 
-Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) costs about 7 s per Fashion-MNIST test image
-on one core of this machine for ``at-baseline-r18-w16-fmnist`` (measured 2026-11-28), so all
-10,000 images would take about 20 CPU hours: more than a session. Each chunk of test images is
+Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) costs about 8 s per Fashion-MNIST test image
+on one core of this machine for ``at-baseline-r18-w16-fmnist`` (each chunk file records its
+seconds: 1,579-1,695 s per 200 images on 2026-11-28), so all 10,000 images would take about 22 CPU
+hours: more than a session. Each chunk of test images is
 therefore attacked on its own and written to ``benchmarks/aa/<name>/<start>-<end>.json`` (counts
 plus the per-image outcome), tagged with the weight's sha256; ``--merge`` sums the contiguous
 chunks from image 0 and writes the figure into ``robustzoo/zoo/zoo.json``. AutoAttack decides

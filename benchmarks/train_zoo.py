@@ -14,8 +14,8 @@ Measured on the Fashion-MNIST test set (eps 0.1, step 0.025, eval mode), clean a
 first ``--pgd-n`` (default: all 10,000): the classifier itself, and for each backbone a linear probe
 (logistic head on frozen pooled features, trained on the same 5,000 training images) attacked end to
 end through the frozen backbone; plus each backbone's pretext accuracy (clean and PGD-20, from the
-run's report). AutoAttack (standard) runs on the classifier's first ``--aa-n`` images: about 7 s per
-image on one core here, so all 10,000 would take about 20 hours; ``--aa-n 0`` keeps the previous
+run's report). AutoAttack (standard) runs on the classifier's first ``--aa-n`` images: about 8 s per
+image on one core here (``aa_chunks.py``), so all 10,000 would take about 22 hours; ``--aa-n 0`` keeps the previous
 AutoAttack figure (and its date) when the weight file is unchanged.
 
     python benchmarks/train_zoo.py [--only NAME ...] [--pgd-n 10000] [--aa-n 200] [--runs runs/zoo]
