@@ -52,8 +52,8 @@ def chunks_on_file(name: str, sha: str) -> list[dict]:
     return sorted((c for c in found if c["sha256"] == sha), key=lambda c: c["start"])
 
 
-def merge(name: str, sha: str) -> dict:
-    """Sum the contiguous chunks from image 0 into the zoo entry's AutoAttack figures."""
+def prefix_metrics(name: str, sha: str) -> dict:
+    """AutoAttack figures summed over the contiguous chunks from image 0 (empty if there is none)."""
     n = clean = robust = 0
     dates = []
     for c in chunks_on_file(name, sha):
@@ -62,12 +62,19 @@ def merge(name: str, sha: str) -> dict:
         n, clean, robust = c["end"], clean + c["clean"], robust + c["robust"]
         dates.append(c["date"])
     if not n:
+        return {}
+    return {"autoattack": round(100 * robust / n, 2), "autoattack_n": n,
+            "clean_on_autoattack_subset": round(100 * clean / n, 2), "autoattack_date": ", ".join(sorted(set(dates)))}
+
+
+def merge(name: str, sha: str) -> dict:
+    """Write :func:`prefix_metrics` into the zoo entry's metrics in zoo.json."""
+    got = prefix_metrics(name, sha)
+    if not got:
         raise SystemExit(f"no chunk starting at image 0 for {name} (sha256 {sha[:12]})")
     entries = json.loads(ZOO_JSON.read_text())
     entry = next(e for e in entries if e["name"] == name)
-    entry["metrics"].update(autoattack=round(100 * robust / n, 2), autoattack_n=n,
-                            clean_on_autoattack_subset=round(100 * clean / n, 2),
-                            autoattack_date=", ".join(sorted(set(dates))))
+    entry["metrics"].update(got)
     ZOO_JSON.write_text(json.dumps(entries, indent=1) + "\n")
     return entry["metrics"]
 

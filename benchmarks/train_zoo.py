@@ -14,11 +14,10 @@ Measured on the Fashion-MNIST test set (eps 0.1, step 0.025, eval mode), clean a
 first ``--pgd-n`` (default: all 10,000): the classifier itself, and for each backbone a linear probe
 (logistic head on frozen pooled features, trained on the same 5,000 training images) attacked end to
 end through the frozen backbone; plus each backbone's pretext accuracy (clean and PGD-20, from the
-run's report). AutoAttack (standard) runs on the classifier's first ``--aa-n`` images: about 8 s per
-image on one core here (``aa_chunks.py``), so all 10,000 would take about 22 hours; ``--aa-n 0`` keeps the previous
-AutoAttack figure (and its date) when the weight file is unchanged.
+run's report). AutoAttack (standard) is run by ``aa_chunks.py`` in chunks (about 8 s per image per
+core here); this script copies the chunks' total for the same weight file (equal sha256) into the entry.
 
-    python benchmarks/train_zoo.py [--only NAME ...] [--pgd-n 10000] [--aa-n 200] [--runs runs/zoo]
+    python benchmarks/train_zoo.py [--only NAME ...] [--pgd-n 10000] [--runs runs/zoo]
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from aa_chunks import prefix_metrics
 from mini_lib import EPS, MACHINE, ROOT, for_eval, linear_probe, load_data
 
 from robustzoo._download import file_sha256
@@ -58,10 +58,9 @@ def reproduce(name: str, runs: Path) -> tuple[Path, dict, float]:
     return out, json.loads((out / "report.json").read_text()), time.perf_counter() - t0
 
 
-def measure(name: str, model, report: dict, data: dict, args, old: dict) -> dict:
+def measure(name: str, model, report: dict, data: dict, args, sha: str) -> dict:
     """Clean and PGD-20 on the first ``--pgd-n`` test images (the classifier, or each backbone's linear probe);
-    AutoAttack on the first ``--aa-n``, or, with ``--aa-n 0``, carried over from ``old`` (the previous
-    measurement of the same file: equal sha256), with its own date."""
+    AutoAttack from the committed chunks of this exact file (``aa_chunks.py``)."""
     from robustzoo.evaluation import evaluate
 
     model = copy.deepcopy(model)  # for_eval changes the memory format in place; the saved file must not change
@@ -82,14 +81,7 @@ def measure(name: str, model, report: dict, data: dict, args, old: dict) -> dict
            "pgd20_n": rob.n}
     if rob.n < full.n:
         out["clean_on_pgd20_subset"] = round(rob.accuracy["clean"], 2)
-    if args.aa_n:
-        aa = evaluate(model, data["test"], eps=EPS, attacks=("clean", "autoattack"), n=args.aa_n, progress=False)
-        out.update(autoattack=round(aa.accuracy["autoattack"], 2), autoattack_n=aa.n,
-                   clean_on_autoattack_subset=round(aa.accuracy["clean"], 2), autoattack_date=time.strftime("%Y-%m-%d"))
-    elif "autoattack" in old.get("metrics", {}):
-        m = old["metrics"]
-        out.update({k: m[k] for k in ("autoattack", "autoattack_n", "clean_on_autoattack_subset")},
-                   autoattack_date=m.get("autoattack_date", m["date"]))
+    out.update(prefix_metrics(name, sha))
     return out
 
 
@@ -137,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/zoo", help="where training/reproduce.py writes its runs")
     ap.add_argument("--out", default=str(ROOT / "robustzoo" / "zoo"))
     ap.add_argument("--pgd-n", type=int, default=10000, help="PGD-20 on the first N test images (default: all)")
-    ap.add_argument("--aa-n", type=int, default=200,
-                    help="AutoAttack on the first N test images (0 = keep the previous figure of the same file)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = load_data(5000)
@@ -156,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         for leftover in (out / f".{name}").iterdir():
             leftover.unlink()
         (out / f".{name}").rmdir()
-        old = entries.get(name, {})
-        old = old if old.get("sha256") == file_sha256(final) else {}
         t0 = time.perf_counter()
-        metrics = measure(name, model, report, data, args, old)
+        metrics = measure(name, model, report, data, args, file_sha256(final))
         metrics.update(machine=MACHINE, python=platform.python_version(), date=time.strftime("%Y-%m-%d"),
                        eps=EPS, attack="linf pgd-20 step 0.025 random-start eval-mode, CE",
                        test_set="Fashion-MNIST test set: the first n / pgd20_n / autoattack_n images",
