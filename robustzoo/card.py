@@ -1,8 +1,9 @@
-"""Presentation of registry records: metric summaries and the model table of MODEL_CARD.md.
+"""Presentation of registry records: metric summaries and the generated parts of MODEL_CARD.md.
 
 ``python -m robustzoo.card --write MODEL_CARD.md`` rewrites the table between
-``<!-- registry:start -->`` and ``<!-- registry:end -->``; a test checks that it equals
-:func:`render_registry_table`, so the card never drifts from the registry file.
+``<!-- registry:start -->`` and ``<!-- registry:end -->`` (from the registry file) and the
+mini-reproduction block (from ``benchmarks/mini_repro.md``, which the benchmark writes); a test
+checks that the card equals :func:`render_model_card`, so it never drifts from its sources.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from .registry import REGISTRY, WeightSpec
 
-__all__ = ["format_metrics", "render_registry_table", "update_model_card", "START", "END"]
+__all__ = ["format_metrics", "render_registry_table", "render_model_card", "update_model_card", "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
+MINI_START, MINI_END = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
+MINI_INTRO = "Produced by `benchmarks/mini_repro.py` (also in benchmarks/RESULTS.md). All numbers measured here."
 _LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
            "autoattack_robustbench": "AA (RobustBench)"}
 
@@ -70,15 +73,36 @@ def render_registry_table(registry: Mapping[str, WeightSpec] | None = None) -> s
     return "\n".join(lines)
 
 
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"the model card has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
+def render_mini_repro_block(report: str) -> str:
+    """The card's mini-reproduction section from ``benchmarks/mini_repro.md`` (image path from the repo root)."""
+    body = report.strip().replace("](mini_repro.png)", "](benchmarks/mini_repro.png)")
+    return f"{MINI_INTRO}\n\n{body}"
+
+
+def render_model_card(text: str, registry: Mapping[str, WeightSpec] | None = None,
+                      mini_repro: str | None = None) -> str:
+    """``text`` (a MODEL_CARD.md) with its generated blocks rendered: the registry table, and the
+    mini-reproduction report when ``mini_repro`` (the text of ``benchmarks/mini_repro.md``) is given."""
+    text = _replace_block(text, START, END, render_registry_table(registry))
+    if mini_repro is not None:
+        text = _replace_block(text, MINI_START, MINI_END, render_mini_repro_block(mini_repro))
+    return text
+
+
 def update_model_card(path: str | Path = "MODEL_CARD.md", registry: Mapping[str, WeightSpec] | None = None) -> bool:
-    """Rewrite the generated table in ``path`` (from ``registry``, default the loaded one); True if it changed."""
+    """Regenerate the blocks of ``path`` from ``registry`` (default: the loaded one) and from
+    ``benchmarks/mini_repro.md`` next to it, if present; returns True when the file changed."""
     path = Path(path)
     text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{render_registry_table(registry)}\n{END}{tail}"
+    report = path.parent / "benchmarks" / "mini_repro.md"
+    new = render_model_card(text, registry, report.read_text() if report.is_file() else None)
     if new != text:
         path.write_text(new)
     return new != text

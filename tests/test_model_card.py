@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from robustzoo.card import END, START, format_metrics, render_registry_table
+from robustzoo.card import END, START, format_metrics, render_model_card, render_registry_table
 from robustzoo.registry import REGISTRY, model_info
 
 CARD = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
@@ -12,6 +12,12 @@ def test_model_card_table_matches_registry():
     text = CARD.read_text()
     table = text.split(START, 1)[1].split(END, 1)[0].strip()
     assert table == render_registry_table(), "run: python -m robustzoo.card --write MODEL_CARD.md"
+
+
+def test_model_card_is_generated_from_the_registry_and_the_benchmark_report():
+    text = CARD.read_text()
+    report = (CARD.parent / "benchmarks" / "mini_repro.md").read_text()
+    assert render_model_card(text, mini_repro=report) == text, "run: python -m robustzoo.card --write MODEL_CARD.md"
 
 
 def test_every_registry_name_has_a_row():
