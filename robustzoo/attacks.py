@@ -16,7 +16,7 @@ References:
     Wong, Rice and Kolter, "Fast is better than free: Revisiting adversarial training", ICLR 2020.
     Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy" (TRADES), ICML 2019.
     Chen et al., "Adversarial Robustness: From Self-Supervised Pre-Training to Fine-Tuning", CVPR 2020
-    (``PGD_normal`` in ``attack_algo.py``; ``paper_spec.md`` section 2.2).
+    (``PGD_normal`` in the official code's ``pretraining/attack_algo.py``).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def pgd(
 ) -> torch.Tensor:
     """Projected gradient ascent on ``loss_fn`` within an Linf or L2 ball (Madry et al. 2018).
 
-    This is the paper's ``PGD_normal`` (Chen et al. 2020, spec section 2.2): random start, then
+    This is the paper's ``PGD_normal`` (Chen et al. 2020, ``pretraining/attack_algo.py``): random start, then
     ``x <- clip_[0,1](proj_ball(x + alpha * sign(grad)))``. One deviation: the paper does not clamp
     the random start to [0, 1] before the first step; we do, so the model only ever sees valid images
     (the difference disappears after the first projected step).

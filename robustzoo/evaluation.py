@@ -1,4 +1,4 @@
-"""Clean and robust accuracy with sanity checks, following the paper's protocol (spec section 4.6).
+"""Clean and robust accuracy with sanity checks, following the paper's protocol (``finetune/main.py``).
 
 Robust accuracy (RA) is top-1 accuracy under a white-box Linf attack, eps 8/255, with the model in
 eval mode: the paper's number is PGD-20, step 2/255, uniform random start, one restart, CE on logits.

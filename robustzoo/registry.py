@@ -1,9 +1,12 @@
 """The registry: one frozen :class:`WeightSpec` per named weight, read from ``zoo/registry.json``.
 
-Names are ``{task}-{std|adv}-{arch}`` for pretext backbones (Chen et al., CVPR 2020, section 3),
-``at-baseline-{arch}`` for end-to-end adversarial training (the paper's baseline, Fig. 1),
-``{task}-adv-aft-{arch}`` for adversarially fine-tuned classifiers and ``ens3-aft-{arch}`` for the
-softmax ensemble of the three fine-tuned models (section 4.5). Entries with a ``-w16-fmnist`` suffix
+Names are ``{task}-{std|adv}-{arch}`` for pretext backbones (Chen et al., CVPR 2020; official code
+``pretraining/train_{std,adv}_{rotation,jigsaw,selfie}.py``, ``ensemble_pretrain.py``),
+``at-baseline-{arch}`` for end-to-end adversarial training (the paper's baseline in Fig. 1),
+``{task}-adv-aft-{arch}`` for adversarially fine-tuned classifiers (``finetune/main.py``) and
+``ens3-aft-{arch}`` for the softmax ensemble of the three fine-tuned models
+(``finetune/model_ensemble.py``). ``ARCH_TAGS`` and ``TASK_TAGS`` spell the short names; recipes
+(``training/recipes.py``) are keyed by the same names. Entries with a ``-w16-fmnist`` suffix
 are the tiny zoo this project trained itself on CPU (Fashion-MNIST, width 0.25), shipped inside the
 package.
 

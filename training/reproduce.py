@@ -14,7 +14,7 @@ What runs depends on the weight (``training/recipes.py``):
   wd 3e-4, 100 epochs, x0.1 at 60/80; best epoch by robust accuracy on the held-out split), then
   :func:`robustzoo.evaluation.evaluate` on the test set, once;
 * ``ens3-aft-*``: the three fine-tuned members are reproduced or reused and wrapped in
-  :class:`robustzoo.models.SoftmaxEnsemble` (mean of softmaxes, spec 4.5), then evaluated.
+  :class:`robustzoo.models.SoftmaxEnsemble` (mean of softmaxes, ``finetune/model_ensemble.py``), then evaluated.
 
 Overrides (``--key=value``) apply to the weight and to every parent it needs, so a tiny run stays
 tiny all the way down. Each weight lands in its run folder ``<root>/<name>/``:
@@ -72,7 +72,7 @@ def _done(out: Path, recipe: Recipe) -> bool:
 
 
 def _finetune(recipe: Recipe, model: torch.nn.Module, out: Path, resume: bool) -> tuple[torch.nn.Module, dict]:
-    """Adversarial full fine-tuning (spec 4.2) with the held-out split for model selection."""
+    """Adversarial full fine-tuning (the official ``finetune/main.py``) with the held-out split for model selection."""
     from robustzoo.finetuning import finetune
 
     x, y = _float_data(recipe, "train")
