@@ -8,6 +8,7 @@ error at ~80 % accuracy is about 0.9 points (1 sigma). We allow 3 points.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,14 @@ def test_embedded_zoo_complete_and_well_formed():
         assert REGISTRY[e["name"]].embedded and REGISTRY[e["name"]].published
         total += (ZOO / e["filename"]).stat().st_size
     assert total < 16e6  # a few MB: it ships inside the wheel
+
+
+def test_registry_figures_are_the_ones_the_benchmarks_measured():
+    """The release step copies benchmarks/zoo_metrics.json (train_zoo.py, aa_chunks.py) for the same file."""
+    measured = json.loads((ZOO.parents[1] / "benchmarks" / "zoo_metrics.json").read_text())
+    for name in NAMES:
+        assert measured[name]["sha256"] == REGISTRY[name].sha256, f"{name}: figures of another file"
+        assert measured[name]["metrics"] == REGISTRY[name].metrics, f"{name}: run training/publish.py --embed"
 
 
 @pytest.mark.parametrize("name", NAMES)
