@@ -130,6 +130,8 @@ def test_publish_refuses_metrics_of_another_file_and_writes_nothing(run_dir, tmp
         publish.main([str(run_dir), "--embed", "--registry", str(staged), "--metrics", str(other)])
     with pytest.raises(SystemExit, match="no record"):
         publish.main([str(run_dir), "--embed", "--registry", str(staged), "--name", "rot-adv-r81"])
+    with pytest.raises(SystemExit, match="not releasing it into the package"):  # a smoke run, the package's file
+        publish.main([str(run_dir), "--embed", "--dry-run"])
     assert staged.read_bytes() == REGISTRY_FILE.read_bytes() and not (staged.parent / f"{NAME}.safetensors").exists()
 
 

@@ -87,6 +87,16 @@ def pinned_record(spec: WeightSpec, *, config: dict, sha: str, metrics: dict, pr
         filename=f"{spec.name}.safetensors" if embedded else "model.safetensors")
 
 
+def _check_release(registry: Path, spec: WeightSpec, config: dict, metrics: dict, run_dir: Path) -> None:
+    """The package's own registry takes only what its record describes; smoke runs (tiny width,
+    synthetic data) can be released into a staged copy (``--registry``) to try the loop."""
+    width = config.get("width", spec.width)
+    data = metrics.get("dataset", spec.dataset)
+    if registry.resolve() == REGISTRY_FILE and (width, data) != (spec.width, spec.dataset):
+        raise RobustZooError(f"{run_dir} holds a width {width:g} model measured on {data}; the record {spec.name} "
+                             f"is width {spec.width:g} on {spec.dataset}: not releasing it into the package")
+
+
 def _copy_into(src: Path, dest: Path) -> None:
     if dest.is_file() and file_sha256(dest) == file_sha256(src):
         return  # the shipped bytes already are this file
@@ -108,6 +118,7 @@ def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, 
     metrics = run_metrics(run_dir, name, sha, metrics_file)
     prov = run_provenance(run_dir, metrics)
     spec = specs[name]
+    _check_release(registry, spec, model.config, metrics, run_dir)
     revision = None
     if not embed and not dry_run:
         from robustzoo._publish import card_metrics, publish_file
