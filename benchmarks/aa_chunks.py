@@ -6,7 +6,8 @@ seconds: 1,579-1,695 s per 200 images on 2026-11-28), so all 10,000 images would
 hours: more than a session. Each chunk of test images is
 therefore attacked on its own and written to ``benchmarks/aa/<name>/<start>-<end>.json`` (counts
 plus the per-image outcome), tagged with the weight's sha256; ``--merge`` sums the contiguous
-chunks from image 0 and writes the figure into ``robustzoo/zoo/zoo.json``. AutoAttack decides
+chunks from image 0 and writes the figure into ``benchmarks/zoo_metrics.json`` (the release step,
+``training/publish.py``, copies it into the registry). AutoAttack decides
 each image on its own, so disjoint chunks add up to the same estimate as one run over their union.
 
     python benchmarks/aa_chunks.py NAME --end 1000 --worker 0 --workers 2   # one process per core
@@ -30,7 +31,7 @@ from robustzoo._download import file_sha256
 from robustzoo.weights import atomic_write
 
 OUT = ROOT / "benchmarks" / "aa"
-ZOO_JSON = ROOT / "robustzoo" / "zoo" / "zoo.json"
+METRICS_JSON = ROOT / "benchmarks" / "zoo_metrics.json"  # {name: {"sha256", "metrics"}}: measured here
 
 
 def run_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> dict:
@@ -67,16 +68,30 @@ def prefix_metrics(name: str, sha: str) -> dict:
             "clean_on_autoattack_subset": round(100 * clean / n, 2), "autoattack_date": ", ".join(sorted(set(dates)))}
 
 
+def record_metrics(path: Path, name: str, sha: str, metrics: dict, *, replace: bool = False) -> dict:
+    """Add ``metrics`` to the figures measured for weight file ``sha`` of ``name`` in ``path`` (atomically).
+
+    ``replace`` starts the entry afresh (a new measurement of a new file); otherwise the entry must exist
+    for this very file, so figures of two different files are never mixed.
+    """
+    table = json.loads(path.read_text()) if path.exists() else {}
+    entry = table.get(name)
+    if replace:
+        entry = table[name] = {"sha256": sha, "metrics": {}}
+    elif entry is None or entry["sha256"] != sha:
+        raise SystemExit(f"{path} has no figures for this file of {name} (sha256 {sha[:12]}); "
+                         f"run benchmarks/train_zoo.py --only {name} first")
+    entry["metrics"].update(metrics)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n"))
+    return entry["metrics"]
+
+
 def merge(name: str, sha: str) -> dict:
-    """Write :func:`prefix_metrics` into the zoo entry's metrics in zoo.json."""
+    """Write :func:`prefix_metrics` into the figures measured for this file (``benchmarks/zoo_metrics.json``)."""
     got = prefix_metrics(name, sha)
     if not got:
         raise SystemExit(f"no chunk starting at image 0 for {name} (sha256 {sha[:12]})")
-    entries = json.loads(ZOO_JSON.read_text())
-    entry = next(e for e in entries if e["name"] == name)
-    entry["metrics"].update(got)
-    ZOO_JSON.write_text(json.dumps(entries, indent=1) + "\n")
-    return entry["metrics"]
+    return record_metrics(METRICS_JSON, name, sha, got)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=100, help="test images per chunk file")
     ap.add_argument("--worker", type=int, default=0, help="this process takes chunk k if k %% workers == worker")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--merge", action="store_true", help="write the contiguous chunks' total into zoo.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="write the contiguous chunks' total into benchmarks/zoo_metrics.json")
     args = ap.parse_args(argv)
     spec = REGISTRY.get(args.name)
     if spec is None or not spec.embedded or spec.kind != "classifier":

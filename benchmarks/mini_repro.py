@@ -234,16 +234,6 @@ def update_results_section(text: str, path: Path = OUT / "RESULTS.md") -> None:
     path.write_text(doc[:start] + "\n" + text.strip() + "\n" + doc[end:])
 
 
-def update_model_card(text: str, path: Path = ROOT / "MODEL_CARD.md") -> None:
-    """Replace the block between the mini_repro markers of MODEL_CARD.md (image path from the repo root)."""
-    start, end = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
-    doc = path.read_text()
-    head, rest = doc.split(start, 1)
-    body = text.strip().replace("](mini_repro.png)", "](benchmarks/mini_repro.png)")
-    intro = "Produced by `benchmarks/mini_repro.py` (also in benchmarks/RESULTS.md). All numbers measured here."
-    path.write_text(f"{head}{start}\n{intro}\n\n{body}\n{end}{rest.split(end, 1)[1]}")
-
-
 def main(argv: list[str] | None = None) -> int:
     from mini_lib import load_data
 
@@ -269,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                          "then report")
     ap.add_argument("--report-only", action="store_true", help="rebuild md/png from mini_repro.json (no training)")
     ap.add_argument("--update-results", action="store_true",
-                    help="also write the report into benchmarks/RESULTS.md and MODEL_CARD.md (their mini_repro blocks)")
+                    help="also write the report into benchmarks/RESULTS.md (its mini_repro section)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -327,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
           "Verdicts on the paper's three claims at this scale:", "", *verdicts(results, args)]
     (out / "mini_repro.md").write_text("\n".join(md) + "\n")
     if getattr(args, "update_results", False):
-        update_results_section("\n".join(md))
-        update_model_card("\n".join(md))
+        update_results_section("\n".join(md))  # MODEL_CARD.md: python -m robustzoo.card --write MODEL_CARD.md
     print("\n".join(md))
     return 0
 

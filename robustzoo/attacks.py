@@ -16,7 +16,7 @@ References:
     Wong, Rice and Kolter, "Fast is better than free: Revisiting adversarial training", ICLR 2020.
     Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy" (TRADES), ICML 2019.
     Chen et al., "Adversarial Robustness: From Self-Supervised Pre-Training to Fine-Tuning", CVPR 2020
-    (``PGD_normal`` in ``attack_algo.py``; ``paper_spec.md`` section 2.2).
+    (``PGD_normal`` in the official code's ``pretraining/attack_algo.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["pgd", "fgsm", "trades_adv", "model_mode", "check_attack_args"]
+__all__ = ["pgd", "fgsm", "trades_adv", "cw_margin", "model_mode", "check_attack_args"]
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 _MODES = ("eval", "train", None)
@@ -137,6 +137,16 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, x_adv: torch.Tensor, *, eps: float
     return x_adv.detach()
 
 
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (positive = misclassified).
+
+    The margin loss of Carlini and Wagner (IEEE S&P 2017), maximised by ``pgdK-cw`` evaluations.
+    """
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return other.amax(1) - z_y
+
+
 def pgd(
     loss_fn: LossFn,
     x: torch.Tensor,
@@ -152,10 +162,11 @@ def pgd(
     generator: torch.Generator | int | None = None,
     amp: bool = False,
     channels_last: bool = False,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on ``loss_fn`` within an Linf or L2 ball (Madry et al. 2018).
 
-    This is the paper's ``PGD_normal`` (Chen et al. 2020, spec section 2.2): random start, then
+    This is the paper's ``PGD_normal`` (Chen et al. 2020, ``pretraining/attack_algo.py``): random start, then
     ``x <- clip_[0,1](proj_ball(x + alpha * sign(grad)))``. One deviation: the paper does not clamp
     the random start to [0, 1] before the first step; we do, so the model only ever sees valid images
     (the difference disappears after the first projected step).
@@ -171,8 +182,11 @@ def pgd(
         steps: number of ascent steps (10 in training, 20 in evaluation in the paper).
         norm: ``"linf"`` or ``"l2"``.
         random_start: start uniformly in the ball (Madry et al.); otherwise at ``x``.
-        restarts: independent random starts; per sample the one with the highest final loss is kept
-            (costs one extra forward per restart).
+        restarts: independent random starts. Per sample, a restart whose point ``model`` misclassifies
+            wins over one that does not, and among equals the highest final loss; so the returned point
+            fools the model whenever any restart did: a sample is robust only if every restart fails
+            (the rule :func:`robustzoo.evaluate` counts by). Needs ``model`` and the labels ``y``, and
+            per-sample losses; costs two extra forwards per restart.
         model: if given, it is put in ``mode`` during the attack and every submodule's mode restored
             afterwards, also when ``loss_fn`` raises.
         mode: ``"train"`` reproduces the paper's training-time attack (BatchNorm uses the batch
@@ -182,32 +196,39 @@ def pgd(
             the same seed gives the same result. None uses the global RNG.
         amp: run ``loss_fn`` under bf16 autocast (GPU / AVX512-BF16 CPU speed-up; changes numerics).
         channels_last: hand ``loss_fn`` channels-last tensors (pair with a channels-last model).
+        y: labels of ``x``, to tell which restart fools ``model`` (only with ``restarts > 1``).
 
     Returns:
         ``x_adv`` with ``||x_adv - x|| <= eps`` and values in [0, 1], detached, same shape as ``x``.
     """
     _check(x, eps, alpha, steps, norm, restarts)
+    if restarts > 1 and (model is None or y is None):
+        raise DataError("restarts > 1 needs model= and y= (labels): a restart that fools the model is kept")
     x = x.detach()
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     g = _generator(generator, x.device)
-    best = best_loss = None
+    best = best_loss = best_fooled = None
     with model_mode(model, mode), torch.enable_grad():
         for _ in range(restarts):
             start = _random_start(x, eps, norm, g) if random_start else x.clone()
             x_adv = _ascend(loss_fn, x, start, eps=eps, alpha=alpha, steps=steps, norm=norm, amp=amp)
             if restarts == 1:
                 return x_adv
-            with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(x_adv).float()
+            with torch.no_grad():
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = loss_fn(x_adv).float()
+                fooled = model(x_adv).argmax(1) != y  # full precision, as the evaluation counts it
             if loss.shape != x.shape[:1]:
                 raise DataError(f"restarts > 1 needs per-sample losses of shape ({x.shape[0]},), "
                                 f"got {tuple(loss.shape)}; use reduction='none'")
             if best is None:
-                best, best_loss = x_adv, loss
-            else:  # keep, per sample, the restart with the highest loss
-                better = (loss > best_loss).view(-1, *([1] * (x.ndim - 1)))
-                best, best_loss = torch.where(better, x_adv, best), torch.maximum(loss, best_loss)
+                best, best_loss, best_fooled = x_adv, loss, fooled
+                continue
+            # per sample: fooling beats not fooling; among equals, the higher loss
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best)
+            best_loss, best_fooled = torch.where(better, loss, best_loss), best_fooled | fooled
     return best
 
 

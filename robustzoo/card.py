@@ -1,19 +1,49 @@
-"""Render the registry as the model table of MODEL_CARD.md (``python -m robustzoo.card --write``).
+"""Presentation of registry records: metric summaries and the generated parts of MODEL_CARD.md.
 
-The table sits between ``<!-- registry:start -->`` and ``<!-- registry:end -->`` in MODEL_CARD.md;
-a test checks that it equals :func:`render_registry_table` so the card never drifts from the code.
+``python -m robustzoo.card --write MODEL_CARD.md`` rewrites the table between
+``<!-- registry:start -->`` and ``<!-- registry:end -->`` (from the registry file) and the
+mini-reproduction block (from ``benchmarks/mini_repro.md``, which the benchmark writes); a test
+checks that the card equals :func:`render_model_card`, so it never drifts from its sources.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 
-from .registry import REGISTRY, WeightSpec, format_metrics
+from .registry import REGISTRY, WeightSpec
 
-__all__ = ["render_registry_table", "update_model_card", "START", "END"]
+__all__ = ["format_metrics", "render_registry_table", "render_model_card", "update_model_card", "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
+MINI_START, MINI_END = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
+MINI_INTRO = "Produced by `benchmarks/mini_repro.py` (also in benchmarks/RESULTS.md). All numbers measured here."
+_LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
+           "autoattack_robustbench": "AA (RobustBench)"}
+
+
+def format_metrics(metrics: Mapping[str, object]) -> str:
+    """One-line summary of a ``metrics`` or ``paper_metrics`` mapping, accuracies in %.
+
+    An attack run on fewer images than the clean number says so (``PGD-20 57.10 (first 2000)``), so
+    a subset figure is never shown as a full-test-set one. Backbones show their linear probe.
+    """
+    def num(key: str) -> float | None:
+        v = metrics.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    n = num("n")
+    prefix, label = ("linear_probe_", "linear probe ") if num("linear_probe_clean") is not None else ("", "")
+    parts = []
+    for key, name in _LABELS.items():
+        v, sub = num(prefix + key), num(f"{key}_n")
+        if v is not None:
+            parts.append(f"{name} {v:.2f}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
+    out = label + ", ".join(parts)
+    pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))
+    out += "".join(f"; pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None)
+    return out or "-"
 
 
 def _status(spec: WeightSpec) -> str:
@@ -24,14 +54,15 @@ def _status(spec: WeightSpec) -> str:
     return "not published yet"
 
 
-def render_registry_table() -> str:
+def render_registry_table(registry: Mapping[str, WeightSpec] | None = None) -> str:
     """One markdown row per registry entry: what it is, how trained, status, measured vs paper numbers."""
+    registry = REGISTRY if registry is None else registry
     lines = [
         "| name | arch | what | pretraining attack | fine-tuning | status | measured here | paper-reported |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in sorted(REGISTRY):
-        s = REGISTRY[name]
+    for name in sorted(registry):
+        s = registry[name]
         measured = format_metrics(s.metrics)
         if measured != "-" and s.metrics.get("eps"):
             measured += f" (eps {s.metrics['eps']})"
@@ -42,15 +73,36 @@ def render_registry_table() -> str:
     return "\n".join(lines)
 
 
-def update_model_card(path: str | Path = "MODEL_CARD.md") -> bool:
-    """Rewrite the generated table in ``path``; returns True when the file changed."""
+def _replace_block(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"the model card has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
+def render_mini_repro_block(report: str) -> str:
+    """The card's mini-reproduction section from ``benchmarks/mini_repro.md`` (image path from the repo root)."""
+    body = report.strip().replace("](mini_repro.png)", "](benchmarks/mini_repro.png)")
+    return f"{MINI_INTRO}\n\n{body}"
+
+
+def render_model_card(text: str, registry: Mapping[str, WeightSpec] | None = None,
+                      mini_repro: str | None = None) -> str:
+    """``text`` (a MODEL_CARD.md) with its generated blocks rendered: the registry table, and the
+    mini-reproduction report when ``mini_repro`` (the text of ``benchmarks/mini_repro.md``) is given."""
+    text = _replace_block(text, START, END, render_registry_table(registry))
+    if mini_repro is not None:
+        text = _replace_block(text, MINI_START, MINI_END, render_mini_repro_block(mini_repro))
+    return text
+
+
+def update_model_card(path: str | Path = "MODEL_CARD.md", registry: Mapping[str, WeightSpec] | None = None) -> bool:
+    """Regenerate the blocks of ``path`` from ``registry`` (default: the loaded one) and from
+    ``benchmarks/mini_repro.md`` next to it, if present; returns True when the file changed."""
     path = Path(path)
     text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{render_registry_table()}\n{END}{tail}"
+    report = path.parent / "benchmarks" / "mini_repro.md"
+    new = render_model_card(text, registry, report.read_text() if report.is_file() else None)
     if new != text:
         path.write_text(new)
     return new != text

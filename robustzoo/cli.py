@@ -35,7 +35,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import format_metrics, list_models, model_info
+    from .card import format_metrics
+    from .registry import list_models, model_info
 
     names = list_models(
         args.pattern, task=args.task, arch=args.arch, dataset=args.dataset, kind=args.kind,

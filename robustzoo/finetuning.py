@@ -320,7 +320,7 @@ def _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, *, seed, 
     settings = {**cfg, "device": str(device), "compile": compile, "resumed_from_epoch": resumed_from,
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
     if run.checkpoint_dir is not None and hasattr(model, "config"):
-        from .weights import save_pretrained
+        from .serialization import save_pretrained  # not .weights: it imports the models
 
         save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{mode}",
                         metadata={"finetune": json.dumps(settings, sort_keys=True, default=str),

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["load", "download", "verify", "push_to_hub", "resolve_endpoint", "resolve_cache", "resolve_offline"]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"  # embedded weights: zoo/<name>.safetensors
+ZOO_DIR = registry.ZOO_DIR  # embedded weights: <name>.safetensors next to the registry file in use
 _HEX64, _HEX40 = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{40}")
 
 

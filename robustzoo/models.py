@@ -1,7 +1,7 @@
 """CIFAR-style pre-activation ResNets of Chen et al. (CVPR 2020), with normalisation inside.
 
 The architectures follow the official code (``TAMU-VITA/Adv-SS-Pretraining``, ``resnetv2.py``)
-exactly, quirks included (see ``paper_spec.md`` section 1.1):
+exactly, quirks included:
 
 * 3x3 stride-1 stem ``conv1`` followed by ``bn1`` + ReLU, no max-pool;
 * pre-activation blocks whose first op is ``bn0`` + ReLU (so the first block applies a second
@@ -38,7 +38,8 @@ __all__ = [
     "resnet50v2",
 ]
 
-# The paper normalises CIFAR-10 with ImageNet statistics (paper_spec.md 1.2); we keep that default.
+# The official code normalises CIFAR-10 with ImageNet statistics (advertorch's NormalizeByChannelMeanStd in front
+# of every network); we keep that default.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

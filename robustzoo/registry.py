@@ -1,36 +1,53 @@
-"""The registry: one frozen :class:`WeightSpec` per named weight.
+"""The registry: one frozen :class:`WeightSpec` per named weight, read from ``zoo/registry.json``.
 
-Names are ``{task}-{std|adv}-{arch}`` for pretext backbones (Chen et al., CVPR 2020, section 8 of
-the spec), ``at-baseline-{arch}`` for end-to-end adversarial training, ``{task}-adv-aft-{arch}``
-for adversarially fine-tuned classifiers and ``ens3-aft-{arch}`` for the softmax ensemble of the
-three fine-tuned models. Entries with a ``-fmnist`` suffix are the tiny zoo this project trained
-itself on CPU (Fashion-MNIST, small width), shipped inside the package.
+Names are ``{task}-{std|adv}-{arch}`` for pretext backbones (Chen et al., CVPR 2020; official code
+``pretraining/train_{std,adv}_{rotation,jigsaw,selfie}.py``, ``ensemble_pretrain.py``),
+``at-baseline-{arch}`` for end-to-end adversarial training (the paper's baseline in Fig. 1),
+``{task}-adv-aft-{arch}`` for adversarially fine-tuned classifiers (``finetune/main.py``) and
+``ens3-aft-{arch}`` for the softmax ensemble of the three fine-tuned models
+(``finetune/model_ensemble.py``). ``ARCH_TAGS`` and ``TASK_TAGS`` spell the short names; recipes
+(``training/recipes.py``) are keyed by the same names. Entries with a ``-w16-fmnist`` suffix
+are the tiny zoo this project trained itself on CPU (Fashion-MNIST, width 0.25), shipped inside the
+package.
 
-``metrics`` hold numbers measured by this project (with how and where); ``paper_metrics`` hold
-numbers reported by the paper. The two are never mixed. An entry whose ``sha256`` is ``None`` is
-not published yet: :func:`robustzoo.load` says so and how to reproduce it.
+Every record is written out literally in the data file; nothing here generates entries. Only the
+release step (``training/publish.py``) writes that file: it pins the Hub commit and the file's
+sha256 and copies the measured metrics. ``metrics`` hold numbers measured by this project (with
+how, where and when); ``paper_metrics`` hold numbers reported by the paper (with their source).
+The two are never mixed. An entry whose ``sha256`` is ``None`` is not published yet:
+:func:`robustzoo.load` says so and how to reproduce it.
+
+``ROBUSTZOO_REGISTRY=/path/to/registry.json`` replaces the packaged file (read once, at import): a
+release can be tried out from a copy before it is committed.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from types import MappingProxyType
 
-from .errors import UnknownModelError
+from .errors import RobustZooError, UnknownModelError
 
-__all__ = ["WeightSpec", "REGISTRY", "list_models", "model_info", "HUB_ORG"]
+__all__ = ["WeightSpec", "REGISTRY", "list_models", "model_info", "HUB_ORG", "ARCH_TAGS", "TASK_TAGS",
+           "REGISTRY_FILE", "REGISTRY_ENV", "registry_path", "read_records", "dump_records", "ZOO_DIR"]
 
 HUB_ORG = "robustzoo"
-PGD10 = "linf pgd-10 eps=8/255 step=2/255 random-start"
-PAPER = "Chen et al., Adversarial Robustness: From Self-Supervised Pre-Training to Fine-Tuning, CVPR 2020"
+# The short names used inside weight names (and recipe names, which are the same), defined once.
+ARCH_TAGS = MappingProxyType({"r18": "resnet18", "r50": "resnet50v2"})
+TASK_TAGS = MappingProxyType({"rot": "rotation", "jig": "jigsaw", "selfie": "selfie", "ens": "ensemble"})
+REGISTRY_FILE = Path(__file__).resolve().parent / "zoo" / "registry.json"
+REGISTRY_ENV = "ROBUSTZOO_REGISTRY"
 
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """Everything known about one named weight."""
+    """Everything known about one named weight (one record of ``zoo/registry.json``)."""
 
     name: str
     arch: str  # "resnet18" | "resnet50v2" | "ensemble"
@@ -41,18 +58,23 @@ class WeightSpec:
     input_size: tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 0
     width: float = 1.0
+    # threat model the weight was trained / is evaluated for: norm, eps, step, steps (pixel units)
+    attack: Mapping[str, object] = field(default_factory=dict)
+    # default fine-tuning settings for this weight's dataset: mode, eps, step, steps, epochs, lr, batch_size
+    finetune_defaults: Mapping[str, object] = field(default_factory=dict)
     pretrain_attack: str | None = None
     finetune: str | None = None  # e.g. "adv-full (Madry PGD-10)"
     parents: tuple[str, ...] = ()
+    recipe: str = ""
+    reproduce: str = ""
     repo_id: str | None = None
     filename: str = "model.safetensors"
     revision: str | None = None  # pinned 40-hex Hub commit
     sha256: str | None = None
     embedded: bool = False  # shipped inside the package (robustzoo/zoo/<name>.safetensors)
-    recipe: str = ""
-    reproduce: str = ""
     metrics: Mapping[str, object] = field(default_factory=dict)  # measured by this project
     paper_metrics: Mapping[str, object] = field(default_factory=dict)  # reported by the paper
+    provenance: Mapping[str, object] = field(default_factory=dict)  # code commit, recipe, data, machine, date
     description: str = ""
 
     @property
@@ -60,104 +82,62 @@ class WeightSpec:
         """True when a verified file exists: embedded, or on the Hub at a pinned revision."""
         return self.sha256 is not None and (self.embedded or self.revision is not None)
 
-
-def _arch(tag: str) -> str:
-    return {"r18": "resnet18", "r50": "resnet50v2"}[tag]
-
-
-_TASKS = {"rot": "rotation", "jig": "jigsaw", "selfie": "selfie", "ens": "ensemble"}
-# Paper-reported CIFAR-10 TA / RA (PGD-20, eps 8/255) read from Fig. 1 (spec section 5.1), ResNet-50v2.
-_PAPER_FT = {
-    "at-baseline": {"clean": 84.72, "pgd20": 47.22},
-    "selfie-adv-aft": {"clean": 86.02, "pgd20": 51.05},
-    "rot-adv-aft": {"clean": 85.66, "pgd20": 50.05},
-    "jig-adv-aft": {"clean": 83.74, "pgd20": 48.83},
-    "ens-adv-aft": {"clean": 83.00, "pgd20": 52.22},
-    "ens3-aft": {"clean": 86.04, "pgd20": 54.64, "autoattack_robustbench": 51.56},
-}
+    def to_record(self) -> dict:
+        """The JSON record of this spec (the inverse of :func:`read_records`)."""
+        rec = asdict(self)
+        rec.update(input_size=list(self.input_size), parents=list(self.parents))
+        return rec
 
 
-def _paper(key: str, arch_tag: str) -> dict:
-    if arch_tag != "r50" or key not in _PAPER_FT:
-        return {}
-    return {**_PAPER_FT[key], "source": "paper Fig. 1 / abstract (spec 5.1); AA from RobustBench", "paper": PAPER}
+_FIELDS = tuple(f.name for f in fields(WeightSpec))
 
 
-def _cifar_entries() -> list[WeightSpec]:
-    out: list[WeightSpec] = []
-    for a in ("r18", "r50"):
-        arch = _arch(a)
-        for t in ("rot", "jig", "selfie"):
-            for mode in ("std", "adv"):
-                name = f"{t}-{mode}-{a}"
-                out.append(WeightSpec(
-                    name=name, arch=arch, kind="backbone", task=_TASKS[t], training=mode,
-                    pretrain_attack=PGD10 if mode == "adv" else None, repo_id=f"{HUB_ORG}/{name}",
-                    recipe=name, reproduce=f"python training/reproduce.py {name}",
-                    description=f"{_TASKS[t]} pretext, {'PGD-10 adversarial' if mode == 'adv' else 'standard'} "
-                    "pretraining on CIFAR-10 (labels unused); headless backbone",
-                ))
-        name = f"ens-adv-{a}"
-        out.append(WeightSpec(
-            name=name, arch=arch, kind="backbone", task="ensemble", training="adv", pretrain_attack=PGD10,
-            repo_id=f"{HUB_ORG}/{name}", recipe=name, reproduce=f"python training/reproduce.py {name}",
-            description="rotation+jigsaw+selfie on a shared trunk, joint PGD-10 with the log-det "
-            "gradient-diversity penalty (lambda 0.1); headless backbone (stem + layer1-3 pretrained)",
-        ))
-        base = f"at-baseline-{a}"
-        out.append(WeightSpec(
-            name=base, arch=arch, kind="classifier", task="none", training="adv", num_classes=10,
-            finetune="adv-full from scratch (Madry PGD-10, 100 epochs)", repo_id=f"{HUB_ORG}/{base}",
-            recipe=base, reproduce=f"python training/reproduce.py {base}", paper_metrics=_paper("at-baseline", a),
-            description="end-to-end adversarial training baseline (no pretraining)",
-        ))
-        for t in ("rot", "jig", "selfie", "ens"):
-            name = f"{t}-adv-aft-{a}"
-            out.append(WeightSpec(
-                name=name, arch=arch, kind="classifier", task=_TASKS[t], training="adv", num_classes=10,
-                finetune="adv-full (Madry PGD-10, 100 epochs)", parents=(f"{t}-adv-{a}",),
-                repo_id=f"{HUB_ORG}/{name}", recipe=name, reproduce=f"python training/reproduce.py {name}",
-                paper_metrics=_paper(f"{t}-adv-aft", a),
-                description=f"{_TASKS[t]}-adv backbone adversarially fine-tuned on CIFAR-10",
-            ))
-        name = f"ens3-aft-{a}"
-        out.append(WeightSpec(
-            name=name, arch="ensemble", kind="ensemble", task="ensemble", training="adv", num_classes=10,
-            finetune="softmax average of three adv-full fine-tuned models",
-            parents=tuple(f"{t}-adv-aft-{a}" for t in ("rot", "jig", "selfie")),
-            repo_id=f"{HUB_ORG}/{name}", recipe=name, reproduce=f"python training/reproduce.py {name}",
-            paper_metrics=_paper("ens3-aft", a),
-            description="softmax-averaging ensemble of the rotation, jigsaw and selfie fine-tuned classifiers",
-        ))
-    return out
+def registry_path() -> Path:
+    """The registry file in use: ``$ROBUSTZOO_REGISTRY`` if set, else the one inside the package."""
+    env = os.environ.get(REGISTRY_ENV, "").strip()
+    return Path(env).expanduser() if env else REGISTRY_FILE
 
 
-def _embedded_entries() -> list[WeightSpec]:
-    """The tiny Fashion-MNIST zoo trained here (filled from ``robustzoo/zoo/zoo.json``)."""
-    import json
-    from importlib import resources
+def _spec(rec: object, where: str) -> WeightSpec:
+    if not isinstance(rec, dict):
+        raise RobustZooError(f"{where}: a registry record must be a JSON object, got {type(rec).__name__}")
+    name = rec.get("name", "?")
+    missing, unknown = set(_FIELDS) - set(rec), set(rec) - set(_FIELDS)
+    if missing or unknown:  # every record is complete and literal: no silent defaults, no stray keys
+        raise RobustZooError(f"{where}: record {name!r} has missing fields {sorted(missing)} and unknown fields "
+                             f"{sorted(unknown)}; fix the file (training/publish.py writes it)")
+    return WeightSpec(**dict(rec, input_size=tuple(rec["input_size"]), parents=tuple(rec["parents"])))
 
+
+def read_records(path: str | os.PathLike | None = None) -> dict[str, WeightSpec]:
+    """Parse a registry file into ``{name: WeightSpec}``; a malformed file raises :class:`RobustZooError`."""
+    path = Path(path) if path is not None else registry_path()
     try:
-        raw = resources.files("robustzoo").joinpath("zoo", "zoo.json").read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for rec in json.loads(raw):
-        rec = dict(rec, input_size=tuple(rec["input_size"]), parents=tuple(rec.get("parents", ())))
-        out.append(WeightSpec(**rec, embedded=True))
-    return out
-
-
-def _build() -> Mapping[str, WeightSpec]:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RobustZooError(f"cannot read the registry file {path}: {e}; unset {REGISTRY_ENV} or "
+                             "reinstall robustzoo") from None
+    if not isinstance(raw, list):
+        raise RobustZooError(f"{path}: the registry must be a JSON list of records")
     table: dict[str, WeightSpec] = {}
-    for spec in _cifar_entries() + _embedded_entries():
+    for rec in raw:
+        spec = _spec(rec, str(path))
         if spec.name in table:
-            raise RuntimeError(f"duplicate registry name {spec.name!r}")
+            raise RobustZooError(f"{path}: duplicate registry name {spec.name!r}")
         table[spec.name] = spec
-    return MappingProxyType(table)
+    return table
 
 
-REGISTRY: Mapping[str, WeightSpec] = _build()
+def dump_records(specs: Mapping[str, WeightSpec] | list[WeightSpec]) -> str:
+    """The registry file's text for ``specs``: records sorted by name, one stable layout (diff-friendly)."""
+    items = list(specs.values()) if isinstance(specs, Mapping) else list(specs)
+    return json.dumps([s.to_record() for s in sorted(items, key=lambda s: s.name)], indent=1,
+                      ensure_ascii=False) + "\n"
+
+
+_LOADED_FROM = registry_path()
+REGISTRY: Mapping[str, WeightSpec] = MappingProxyType(read_records(_LOADED_FROM))
+ZOO_DIR = _LOADED_FROM.parent  # embedded weights live next to the registry file they are recorded in
 
 
 def model_info(name: str) -> WeightSpec:
@@ -189,7 +169,7 @@ def list_models(
     ``arch`` accepts ``"resnet18"``/``"r18"`` style; ``published=True`` keeps only weights that
     can be loaded today (embedded or pinned on the Hub).
     """
-    arch_alias = {"r18": "resnet18", "r50": "resnet50v2"}.get(arch or "", arch)
+    arch_alias = ARCH_TAGS.get(arch or "", arch)
     out = []
     for name, spec in REGISTRY.items():
         if pattern and not fnmatch.fnmatch(name, pattern):
@@ -206,30 +186,3 @@ def list_models(
             continue
         out.append(name)
     return sorted(out)
-
-
-_LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
-           "autoattack_robustbench": "AA (RobustBench)"}
-
-
-def format_metrics(metrics: Mapping[str, object]) -> str:
-    """One-line summary of a ``metrics`` or ``paper_metrics`` mapping, accuracies in %.
-
-    An attack run on fewer images than the clean number says so (``PGD-20 57.10 (first 2000)``), so
-    a subset figure is never shown as a full-test-set one. Backbones show their linear probe.
-    """
-    def num(key: str) -> float | None:
-        v = metrics.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    n = num("n")
-    prefix, label = ("linear_probe_", "linear probe ") if num("linear_probe_clean") is not None else ("", "")
-    parts = []
-    for key, name in _LABELS.items():
-        v, sub = num(prefix + key), num(f"{key}_n")
-        if v is not None:
-            parts.append(f"{name} {v:.2f}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
-    out = label + ", ".join(parts)
-    pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))
-    out += "".join(f"; pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None)
-    return out or "-"

@@ -13,8 +13,7 @@ import json
 import math
 import os
 import struct
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,82 +23,17 @@ from torch import nn
 from .errors import WeightFormatError
 from .models import create_model
 
+# The writer lives in .serialization, which does not import the models: fine-tuning saves its best
+# epoch with it, and models -> finetuning -> weights -> models would be an import cycle.
+from .serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, atomic_write, save_pretrained
+
 __all__ = ["save_pretrained", "load_file", "read_metadata", "describe_bytes", "atomic_write", "WEIGHTS_NAME",
            "CONFIG_NAME"]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-FORMAT = "robustzoo"
-FORMAT_VERSION = "1"
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # far above any real model's header, far below a memory bomb
 _DTYPES = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 _FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temp file in the same folder, then ``os.replace`` it onto ``path``:
-    readers never see a partial file, and a crash leaves the old file (or none) in place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a weight file is as readable as any other file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_pretrained(
-    model: nn.Module, directory: str | os.PathLike, *, name: str = "", metadata: Mapping[str, str] | None = None
-) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` for ``model`` into ``directory``.
-
-    Args:
-        model: a :class:`~robustzoo.models.ResNet` or :class:`~robustzoo.models.SoftmaxEnsemble`.
-        directory: created if missing; existing files are replaced atomically.
-        name: the registry name (or any label) recorded in the metadata.
-        metadata: extra string key/values (provenance, recipe, ...) stored in the header.
-
-    Returns:
-        The path of the written ``model.safetensors``.
-    """
-    from safetensors.torch import save_file
-
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict) or "arch" not in config:
-        raise TypeError(f"save_pretrained needs a robustzoo model, got {type(model).__name__}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "robustzoo_version": _version(),
-        "config": json.dumps(config, sort_keys=True),
-        "arch": config["arch"],
-    }
-    if config["arch"] != "ensemble":
-        meta.update({k: json.dumps(config[k]) for k in ("width", "in_chans", "num_classes", "mean", "std")})
-    for key, value in (metadata or {}).items():
-        if not isinstance(value, str):
-            raise TypeError(f"metadata values must be str, {key!r} is {type(value).__name__}")
-        meta.setdefault(key, value)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path = directory / WEIGHTS_NAME
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    card = dict(config, name=name, robustzoo_version=meta["robustzoo_version"])
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
-    return path
 
 
 def describe_bytes(head: bytes) -> str:

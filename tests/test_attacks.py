@@ -137,17 +137,26 @@ def test_scalar_loss_and_zero_steps(setup):
     assert torch.equal(pgd(ce(model, y), x, eps=EPS, alpha=ALPHA, steps=0, random_start=False), x)
 
 
-def test_restarts_keep_worst_per_sample(setup):
-    model, x, y = setup
-    loss = ce(model, y)
-    x3 = pgd(loss, x, eps=EPS, alpha=ALPHA, steps=2, restarts=3, model=model, generator=7)
-    g = torch.Generator().manual_seed(7)
-    singles = [pgd(loss, x, eps=EPS, alpha=ALPHA, steps=2, model=model, generator=g) for _ in range(3)]
+def test_restarts_keep_a_fooling_restart_else_the_worst(setup):
+    """One restart rule: the kept point fools the model iff some restart did; otherwise the highest loss."""
+    model, x, _ = setup
     with torch.no_grad():
+        y = model(x).argmax(1)  # labels the model gets right, and a large ball: restarts disagree
+    loss = ce(model, y)
+    x3 = pgd(loss, x, eps=2 * EPS, alpha=EPS / 8, steps=1, restarts=3, model=model, y=y, generator=7)
+    g = torch.Generator().manual_seed(7)
+    singles = [pgd(loss, x, eps=2 * EPS, alpha=EPS / 8, steps=1, model=model, generator=g) for _ in range(3)]
+    with torch.no_grad():
+        fooled = torch.stack([model(s).argmax(1) != y for s in singles])
+        assert (fooled.any(0) & ~fooled.all(0)).any() and not fooled.any(0).all()  # the rule is tested, not trivial
+        assert torch.equal(model(x3).argmax(1) != y, fooled.any(0))
+        never = ~fooled.any(0)
         best = torch.stack([loss(s) for s in singles]).amax(0)
-        assert torch.allclose(loss(x3), best, atol=1e-5)
+        assert torch.allclose(loss(x3)[never], best[never], atol=1e-5)
     with pytest.raises(DataError, match="per-sample"):
-        pgd(lambda z: loss(z).mean(), x, eps=EPS, alpha=ALPHA, steps=1, restarts=2)
+        pgd(lambda z: loss(z).mean(), x, eps=EPS, alpha=ALPHA, steps=1, restarts=2, model=model, y=y)
+    with pytest.raises(DataError, match="y="):
+        pgd(loss, x, eps=EPS, alpha=ALPHA, steps=1, restarts=2, model=model)
 
 
 def test_fgsm_and_trades(setup):

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustzoo
+from robustzoo.attacks import cw_margin, pgd
 from robustzoo.errors import DataError, RobustZooError
-from robustzoo.evaluation import EvaluationWarning, cw_margin, evaluate
+from robustzoo.evaluation import EvaluationWarning, evaluate
 
 EPS = 0.1  # Fashion-MNIST budget used by the project
 
@@ -97,6 +98,24 @@ def test_restarts_never_increase_robust_accuracy(trained):
     one = evaluate(model, (x, y), eps=EPS, attacks=("pgd2",), n=100, seed=0, progress=False)
     three = evaluate(model, (x, y), eps=EPS, attacks=("pgd2",), n=100, seed=0, restarts=3, progress=False)
     assert not (three.correct["pgd2"] & ~one.correct["pgd2"]).any()  # first restart is the same run
+
+
+def test_restarts_robust_only_if_every_restart_fails(trained):
+    """The one restart rule: evaluate's count equals the AND over independent single-restart runs."""
+    model, x, y = trained
+    x, y = x[:100], y[:100]
+    got = evaluate(model, (x, y), eps=EPS, attacks=("clean", "pgd2"), seed=3, restarts=3, batch_size=100,
+                   progress=False).correct["pgd2"]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    idx = clean.nonzero().squeeze(1)  # evaluate attacks the clean-correct samples only, in one batch here
+    each = [model(pgd(lambda z: F.cross_entropy(model(z), y[idx], reduction="none"), x[idx], eps=EPS,
+                      alpha=EPS / 4, steps=2, model=model, generator=g)).argmax(1) == y[idx] for _ in range(3)]
+    expected = torch.zeros_like(clean)
+    expected[idx] = each[0] & each[1] & each[2]
+    assert torch.equal(got, expected)
+    assert not torch.equal(each[0], expected[idx]) or not torch.equal(each[1], expected[idx]), "restarts differ"
 
 
 def test_mode_restored_and_eval_used():

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from robustzoo.card import END, START, render_registry_table
-from robustzoo.registry import REGISTRY
+from robustzoo.card import END, START, format_metrics, render_model_card, render_registry_table
+from robustzoo.registry import REGISTRY, model_info
 
 CARD = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
 
@@ -14,7 +14,26 @@ def test_model_card_table_matches_registry():
     assert table == render_registry_table(), "run: python -m robustzoo.card --write MODEL_CARD.md"
 
 
+def test_model_card_is_generated_from_the_registry_and_the_benchmark_report():
+    text = CARD.read_text()
+    report = (CARD.parent / "benchmarks" / "mini_repro.md").read_text()
+    assert render_model_card(text, mini_repro=report) == text, "run: python -m robustzoo.card --write MODEL_CARD.md"
+
+
 def test_every_registry_name_has_a_row():
     text = CARD.read_text()
     for name in REGISTRY:
         assert f"| `{name}` |" in text
+
+
+def test_format_metrics_names_every_subset():
+    cls = {"clean": 70.68, "n": 10000, "pgd20": 57.1, "pgd20_n": 10000, "autoattack": 54.5, "autoattack_n": 200,
+           "date": "2026-11-27"}
+    assert format_metrics(cls) == "clean 70.68, PGD-20 57.10, AutoAttack 54.50 (first 200)"
+    assert format_metrics({**cls, "pgd20_n": 2000}).startswith("clean 70.68, PGD-20 57.10 (first 2000), ")
+    bb = {"linear_probe_clean": 81.7, "linear_probe_pgd20": 0.5, "n": 10000, "pgd20_n": 10000,
+          "pretext_clean_rotation": 89.63, "pretext_score": 89.63}
+    assert format_metrics(bb) == "linear probe clean 81.70, PGD-20 0.50; pretext clean rotation 89.63"
+    assert format_metrics(model_info("ens3-aft-r50").paper_metrics) == (
+        "clean 86.04, PGD-20 54.64, AA (RobustBench) 51.56")
+    assert format_metrics({}) == "-" and format_metrics({"clean": True, "source": "x"}) == "-"

@@ -1,14 +1,26 @@
-"""Registry schema (torchvision-style metadata validation), names, filters, suggestions."""
+"""The registry data file: every record validated (torchvision-style metadata test), names, filters, suggestions."""
 
 import dataclasses
+import json
 import re
 
 import pytest
 
 import robustzoo
-from robustzoo.errors import UnknownModelError
+from robustzoo.errors import RobustZooError, UnknownModelError
 from robustzoo.models import create_model
-from robustzoo.registry import REGISTRY, WeightSpec, list_models, model_info
+from robustzoo.registry import (
+    ARCH_TAGS,
+    REGISTRY,
+    REGISTRY_FILE,
+    TASK_TAGS,
+    WeightSpec,
+    dump_records,
+    list_models,
+    model_info,
+    read_records,
+)
+from training.recipes import RECIPES
 
 PAPER_FAMILY = [f"{t}-{m}-{a}" for a in ("r18", "r50") for t in ("rot", "jig", "selfie") for m in ("std", "adv")]
 PAPER_FAMILY += [f"ens-adv-{a}" for a in ("r18", "r50")] + [f"at-baseline-{a}" for a in ("r18", "r50")]
@@ -21,31 +33,108 @@ def test_every_paper_weight_is_registered():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_schema(name):
-    spec = REGISTRY[name]
-    assert spec.name == name
-    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", name)
-    assert spec.arch in ("resnet18", "resnet50v2", "ensemble")
-    assert spec.kind in ("backbone", "classifier", "ensemble")
-    assert spec.task in ("rotation", "jigsaw", "selfie", "ensemble", "none")
-    assert spec.training in ("std", "adv")
-    assert (spec.num_classes == 0) == (spec.kind == "backbone")
-    assert spec.reproduce.startswith("python training/reproduce.py ")
-    assert spec.recipe
-    if spec.training == "adv" and spec.kind == "backbone":
-        assert spec.pretrain_attack
-    if spec.revision is not None:
-        assert re.fullmatch(r"[0-9a-f]{40}", spec.revision)
-    if spec.sha256 is not None:
-        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
-    for parent in spec.parents:
+NAME = re.compile(r"(?:(?P<task>rot|jig|selfie|ens)-(?P<mode>std|adv)|at-baseline|(?P<ft>rot|jig|selfie|ens)-adv-aft"
+                  r"|ens3-aft)-(?P<arch>r18|r50)(?P<zoo>-w16-fmnist)?")
+HEX40, HEX64 = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")
+RECORDS = json.loads(REGISTRY_FILE.read_text())
+
+
+def test_the_registry_is_one_literal_data_file():
+    assert [r["name"] for r in RECORDS] == sorted(REGISTRY)  # every record, sorted, nothing generated
+    assert REGISTRY_FILE.read_text() == dump_records(REGISTRY)  # the layout the release step writes
+    assert not (REGISTRY_FILE.parent / "zoo.json").exists()
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=[r["name"] for r in RECORDS])
+def test_record(rec):
+    """Every record is complete and consistent with its name, its recipe, its parents and its files."""
+    assert set(rec) == {f.name for f in dataclasses.fields(WeightSpec)}
+    name = rec["name"]
+    m = NAME.fullmatch(name)
+    assert m, f"{name!r} does not follow the naming grammar"
+    assert rec["arch"] == ("ensemble" if name.startswith("ens3-") else ARCH_TAGS[m["arch"]])
+    task = m["task"] or m["ft"]
+    assert rec["task"] == (TASK_TAGS[task] if task else "ensemble" if name.startswith("ens3-") else "none")
+    assert rec["kind"] == ("backbone" if m["task"] else "ensemble" if name.startswith("ens3-") else "classifier")
+    assert rec["training"] == (m["mode"] or "adv")
+    assert (rec["num_classes"] == 0) == (rec["kind"] == "backbone")
+    assert rec["dataset"] == ("fashion-mnist" if m["zoo"] else "cifar10")
+    assert rec["input_size"] == ([1, 28, 28] if m["zoo"] else [3, 32, 32])
+    assert rec["width"] == (0.25 if m["zoo"] else 1.0)
+    if rec["training"] == "adv" and rec["kind"] == "backbone":
+        assert rec["pretrain_attack"]
+    # the threat model and fine-tuning defaults of the weight's dataset, pixel units
+    assert set(rec["attack"]) == {"norm", "eps", "step", "steps"} and rec["attack"]["norm"] == "linf"
+    assert rec["attack"]["eps"] == pytest.approx(0.1 if m["zoo"] else 8 / 255)
+    assert {"mode", "eps", "step", "steps", "epochs"} <= set(rec["finetune_defaults"])
+    # recipe and reproduce command
+    assert rec["recipe"] == name and name in RECIPES, f"no recipe named {name} in training/recipes.py"
+    assert rec["reproduce"].startswith(f"python training/reproduce.py {name}")
+    assert list(RECIPES[name].parents) == rec["parents"] or rec["embedded"]
+    for parent in rec["parents"]:
         assert parent in REGISTRY
-    # measured and paper numbers are kept apart: paper numbers always name their source
-    if spec.paper_metrics:
-        assert "source" in spec.paper_metrics
-    if spec.metrics:
-        assert {"machine", "date"} <= set(spec.metrics), "measured metrics must say where and when"
+    # hex formats; published iff (revision and sha256) or (embedded and sha256)
+    assert rec["revision"] is None or HEX40.fullmatch(rec["revision"])
+    assert rec["sha256"] is None or HEX64.fullmatch(rec["sha256"])
+    if rec["embedded"]:
+        assert rec["revision"] is None and rec["sha256"] and rec["repo_id"] is None
+        assert rec["filename"] == f"{name}.safetensors" and (REGISTRY_FILE.parent / rec["filename"]).is_file()
+    else:
+        assert (rec["revision"] is None) == (rec["sha256"] is None), "pin both the commit and the sha256, or neither"
+        assert rec["repo_id"] and rec["repo_id"].count("/") == 1 and rec["filename"] == "model.safetensors"
+    assert REGISTRY[name].published == (rec["sha256"] is not None)
+    # measured and paper numbers are kept apart: paper numbers name their source, measured ones how/where/when
+    if rec["paper_metrics"]:
+        assert "source" in rec["paper_metrics"]
+    if rec["metrics"]:
+        assert {"how", "machine", "date"} <= set(rec["metrics"]), "measured metrics must say how, where and when"
+    if REGISTRY[name].published:
+        assert rec["metrics"] and rec["provenance"], "a published weight carries its measured metrics and provenance"
+    assert rec["description"]
+
+
+def test_embedded_hashes_are_the_shipped_ones():
+    """The embedded files and their pinned sha256 did not change when the registry became data."""
+    pinned = {"at-baseline-r18-w16-fmnist": "f5572b758c8318532295fe4579f50c077881f8d9555442cb4f48b2a6fc13fbd6",
+              "jig-adv-r18-w16-fmnist": "d5d6a0281b7d1bf3885279916a1f1c9259e238778153056f800ad0df8d9428ad",
+              "rot-adv-r18-w16-fmnist": "ae5318b041693f61230c52fa3dcee8715f4151341604a527b6326460bc3ecb92",
+              "rot-std-r18-w16-fmnist": "9bc7bb5adfe3e7dbfd7ca02a62575dfcf1051de995d45329ecd86153f02a7ca7"}
+    assert {n: s.sha256 for n, s in REGISTRY.items() if s.embedded} == pinned
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"metrics": None, "extra": 1}, "unknown fields"),
+    ({"description": None}, "missing fields"),
+])
+def test_malformed_records_are_refused(tmp_path, broken, message):
+    rec = dict(RECORDS[0])
+    for key, value in broken.items():
+        if value is None:
+            rec.pop(key)
+        else:
+            rec[key] = value
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps([rec]))
+    with pytest.raises(RobustZooError, match=message):
+        read_records(path)
+    path.write_text(json.dumps([RECORDS[0], RECORDS[0]]))
+    with pytest.raises(RobustZooError, match="duplicate"):
+        read_records(path)
+
+
+def test_registry_file_can_be_replaced_by_a_copy(tmp_path):
+    """``ROBUSTZOO_REGISTRY`` points the package at another file (how a release is tried before commit)."""
+    import os
+    import subprocess
+    import sys
+
+    spec = dataclasses.replace(REGISTRY["rot-adv-r18"], description="a staged copy")
+    path = tmp_path / "registry.json"
+    path.write_text(dump_records({**REGISTRY, spec.name: spec}))
+    code = "import robustzoo; print(robustzoo.model_info('rot-adv-r18').description)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ROBUSTZOO_REGISTRY": str(path)})
+    assert out.stdout.strip() == "a staged copy"
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(REGISTRY) if REGISTRY[n].arch != "ensemble"])
@@ -94,18 +183,3 @@ def test_list_models_filters():
 def test_top_level_exports():
     assert robustzoo.list_models is list_models and robustzoo.model_info is model_info
     assert robustzoo.WeightSpec is WeightSpec
-
-
-def test_format_metrics_names_every_subset():
-    from robustzoo.registry import format_metrics
-
-    cls = {"clean": 70.68, "n": 10000, "pgd20": 57.1, "pgd20_n": 10000, "autoattack": 54.5, "autoattack_n": 200,
-           "date": "2026-11-27"}
-    assert format_metrics(cls) == "clean 70.68, PGD-20 57.10, AutoAttack 54.50 (first 200)"
-    assert format_metrics({**cls, "pgd20_n": 2000}).startswith("clean 70.68, PGD-20 57.10 (first 2000), ")
-    bb = {"linear_probe_clean": 81.7, "linear_probe_pgd20": 0.5, "n": 10000, "pgd20_n": 10000,
-          "pretext_clean_rotation": 89.63, "pretext_score": 89.63}
-    assert format_metrics(bb) == "linear probe clean 81.70, PGD-20 0.50; pretext clean rotation 89.63"
-    assert format_metrics(model_info("ens3-aft-r50").paper_metrics) == (
-        "clean 86.04, PGD-20 54.64, AA (RobustBench) 51.56")
-    assert format_metrics({}) == "-" and format_metrics({"clean": True, "source": "x"}) == "-"

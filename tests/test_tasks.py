@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet  # noqa: E402
-from robustzoo.selfie import SelfieTransformer  # noqa: E402
 from training.ensemble import logdet_penalty  # noqa: E402
 from training.recipes import resolve  # noqa: E402
+from training.selfie import SelfieTransformer  # noqa: E402
 from training.tasks import (  # noqa: E402
     Jigsaw,
     PretextModel,

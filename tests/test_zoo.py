@@ -1,13 +1,12 @@
 """The embedded Fashion-MNIST zoo: every shipped weight loads offline, matches its hash and its numbers.
 
-Tolerance: the registry's figures are measured on the full 10,000-image test set (zoo.json says
-how); here we re-measure on the embedded 2,000-image class-balanced test subset, whose sampling
+Tolerance: the registry's figures are measured on the full 10,000-image test set (the registry
+record says how); here we re-measure on the embedded 2,000-image class-balanced test subset, whose sampling
 error at ~80 % accuracy is about 0.9 points (1 sigma). We allow 3 points.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -17,10 +16,10 @@ import torch
 
 import robustzoo
 from robustzoo.fmnist import load_embedded
-from robustzoo.registry import REGISTRY, WeightSpec
+from robustzoo.registry import REGISTRY
 
 ZOO = Path(robustzoo.__file__).resolve().parent / "zoo"
-ENTRIES = json.loads((ZOO / "zoo.json").read_text()) if (ZOO / "zoo.json").exists() else []
+ENTRIES = [s.to_record() for s in REGISTRY.values() if s.embedded]
 NAMES = [e["name"] for e in ENTRIES]
 TOL = 3.0
 EXPECTED = {"rot-std-r18-w16-fmnist", "rot-adv-r18-w16-fmnist", "jig-adv-r18-w16-fmnist", "at-baseline-r18-w16-fmnist"}
@@ -32,17 +31,23 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_zoo_json_complete_and_well_formed():
-    assert EXPECTED <= set(NAMES), f"missing from zoo.json: {EXPECTED - set(NAMES)}"
-    fields = {f.name for f in dataclasses.fields(WeightSpec)} - {"embedded"}
+def test_embedded_zoo_complete_and_well_formed():
+    assert EXPECTED <= set(NAMES), f"missing from the registry: {EXPECTED - set(NAMES)}"
     total = 0
     for e in ENTRIES:
-        assert set(e) == fields, set(e) ^ fields
         assert e["dataset"] == "fashion-mnist" and e["input_size"] == [1, 28, 28] and e["width"] == 0.25
         assert e["reproduce"].startswith(f"python training/reproduce.py {e['name']} ") and e["metrics"]["date"]
         assert REGISTRY[e["name"]].embedded and REGISTRY[e["name"]].published
         total += (ZOO / e["filename"]).stat().st_size
     assert total < 16e6  # a few MB: it ships inside the wheel
+
+
+def test_registry_figures_are_the_ones_the_benchmarks_measured():
+    """The release step copies benchmarks/zoo_metrics.json (train_zoo.py, aa_chunks.py) for the same file."""
+    measured = json.loads((ZOO.parents[1] / "benchmarks" / "zoo_metrics.json").read_text())
+    for name in NAMES:
+        assert measured[name]["sha256"] == REGISTRY[name].sha256, f"{name}: figures of another file"
+        assert measured[name]["metrics"] == REGISTRY[name].metrics, f"{name}: run training/publish.py --embed"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -3,8 +3,8 @@
     python training/make_readme_table.py            # print the table
     python training/make_readme_table.py --write    # replace it in training/README.md
 
-GPU hours are *modelled*, not measured (no GPU was available when this was written), with the
-compute model of ``shared/docs/performance_notes.md`` section 2:
+GPU hours are *modelled*, not measured (no GPU was available when this was written), with this
+compute model:
 
 * forward FLOPs per 32x32 image F = 1.11 GFLOP (CIFAR ResNet-18), 2.60 GFLOP (ResNet-50v2);
 * cost per training image: std pretext 3F (fwd + bwd); adversarial pretext 26F (PGD-10 with
@@ -80,6 +80,9 @@ def table() -> str:
 
 
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     text = table()
     if "--write" not in argv:
         print(text)

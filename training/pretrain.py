@@ -301,6 +301,9 @@ def _semantic(recipe: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: python training/pretrain.py RECIPE [--key=value ...] [--resume]")
     resume = "--resume" in argv

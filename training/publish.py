@@ -1,69 +1,179 @@
-"""Push a reproduced weight to the Hugging Face Hub and print its registry line.
+"""Release a reproduced weight: upload it (or ship it inside the package) and pin it in the registry.
 
-    python training/publish.py runs/rot-adv-aft-r50 --repo-id robustzoo/rot-adv-aft-r50 [--token T] [--endpoint URL]
-    python training/publish.py runs/rot-adv-aft-r50 --repo-id robustzoo/rot-adv-aft-r50 --dry-run
+    python training/publish.py runs/rot-adv-aft-r50 --repo-id robustzoo/rot-adv-aft-r50 [--endpoint URL]
+    python training/publish.py runs/zoo/rot-adv-r18-w16-fmnist --embed --metrics benchmarks/zoo_metrics.json
+    python training/publish.py RUN_DIR --repo-id ORG/NAME --registry /tmp/registry.json   # try it on a copy
 
-Loads ``DIR/model.safetensors`` strictly, takes the measured test metrics from ``DIR/report.json``
-(written by ``reproduce.py``; never the paper's numbers), pushes with
-:func:`robustzoo.hub.push_to_hub` and prints what to paste into ``robustzoo/registry.py``: the pinned
-revision, the sha256 of the uploaded file and the measured metrics with how they were measured.
-``--dry-run`` does everything except the upload.
+RUN_DIR is a run folder written by ``training/reproduce.py`` (``model.safetensors``, ``metrics.json``,
+``provenance.json``). The weight is loaded strictly first. Then:
+
+* with ``--repo-id``: ``model.safetensors`` is uploaded byte for byte with its ``config.json`` and a
+  model card (measured metrics, provenance) in one Hub commit;
+* with ``--embed``: the file is copied next to the registry file (``robustzoo/zoo/NAME.safetensors``).
+
+Either way the weight's record in the registry file is rewritten with the pinned commit (``--repo-id``),
+the file's sha256, the measured metrics (``metrics.json``, or this file's entry in ``--metrics``, e.g.
+the figures ``benchmarks/train_zoo.py`` measured) and the provenance, and the diff is printed. This is
+the only program that writes the registry file. When it writes the package's own file it also
+regenerates the table of MODEL_CARD.md. The numbers are always the ones measured here, never the paper's.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import dataclasses
+import difflib
 import json
+import os
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from robustzoo.weights import load_file, save_pretrained  # noqa: E402
+from robustzoo._download import file_sha256  # noqa: E402
+from robustzoo.errors import RobustZooError  # noqa: E402
+from robustzoo.registry import REGISTRY_FILE, WeightSpec, dump_records, read_records, registry_path  # noqa: E402
+from robustzoo.weights import atomic_write, load_file  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def measured_metrics(run_dir: Path) -> dict:
-    """Test-set numbers measured by reproduce.py / pretrain.py, with their settings."""
-    report = json.loads((run_dir / "report.json").read_text())
-    if "accuracy" in report.get("test", {}):  # classifier / ensemble: robustzoo.evaluate result
-        test = report["test"]
-        return {**test["accuracy"], "n": test["n"], "eps": test["settings"]["eps"],
-                "how": "robustzoo.evaluate on the test split, model selected on the held-out 10 % of train"}
-    return {k: 100 * v for k, v in report.get("test", {}).items()}  # pretext accuracies, in %
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RobustZooError(f"cannot read {path}: {e}") from None
 
 
-def uploaded_sha256(model, name: str) -> str:
-    """sha256 of the file push_to_hub uploads (it re-serialises with save_pretrained, deterministically)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_pretrained(model, tmp, name=name, metadata=getattr(model, "pretrained_meta", None))
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+def run_metrics(run_dir: Path, name: str, sha: str, table: Path | None) -> dict:
+    """Measured metrics of this exact file: ``--metrics`` entry (checked by sha256) or the run's metrics.json."""
+    if table is not None:
+        entry = _read_json(table).get(name)
+        if entry is None or entry.get("sha256") != sha:
+            raise RobustZooError(f"{table} has no figures for this file of {name} (sha256 {sha[:12]}...); "
+                                 "measure this file first (benchmarks/train_zoo.py)")
+        return dict(entry["metrics"])
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise RobustZooError(f"{run_dir} has no metrics.json; is it a run folder of training/reproduce.py?")
+    return _read_json(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_provenance(run_dir: Path, metrics: dict) -> dict:
+    """The run's provenance.json; older runs fall back to what their report.json recorded."""
+    if (run_dir / "provenance.json").is_file():
+        return _read_json(run_dir / "provenance.json")
+    report = _read_json(run_dir / "report.json")
+    return {"code_commit": report.get("git_commit", "unknown"), "recipe": report.get("name", ""),
+            "recipe_settings": report.get("recipe", {}), "machine": metrics.get("machine", ""),
+            "date": metrics.get("date", "")}
+
+
+def pinned_record(spec: WeightSpec, *, config: dict, sha: str, metrics: dict, provenance: dict,
+                  repo_id: str | None, revision: str | None, embedded: bool) -> WeightSpec:
+    """The record after the release: where the file is, its hash, its numbers and how it was made."""
+    missing = {"how", "machine", "date"} - set(metrics)
+    if missing:
+        raise RobustZooError(f"measured metrics must say how, where and when; missing {sorted(missing)}")
+    arch = config.get("arch")
+    if arch != spec.arch or config.get("num_classes", spec.num_classes) != spec.num_classes:
+        raise RobustZooError(f"the file holds a {arch} with {config.get('num_classes')} classes; the record "
+                             f"{spec.name} is a {spec.arch} with {spec.num_classes}")
+    size = spec.input_size if arch == "ensemble" else (config["in_chans"], *spec.input_size[1:])
+    width = spec.width if arch == "ensemble" else float(config["width"])
+    return dataclasses.replace(
+        spec, width=width, input_size=size, sha256=sha, metrics=metrics, provenance=provenance, embedded=embedded,
+        repo_id=None if embedded else repo_id, revision=None if embedded else revision,
+        filename=f"{spec.name}.safetensors" if embedded else "model.safetensors")
+
+
+def _check_release(registry: Path, spec: WeightSpec, config: dict, metrics: dict, run_dir: Path) -> None:
+    """The package's own registry takes only what its record describes; smoke runs (tiny width,
+    synthetic data) can be released into a staged copy (``--registry``) to try the loop."""
+    width = config.get("width", spec.width)
+    data = metrics.get("dataset", spec.dataset)
+    if registry.resolve() == REGISTRY_FILE and (width, data) != (spec.width, spec.dataset):
+        raise RobustZooError(f"{run_dir} holds a width {width:g} model measured on {data}; the record {spec.name} "
+                             f"is width {spec.width:g} on {spec.dataset}: not releasing it into the package")
+
+
+def _copy_into(src: Path, dest: Path) -> None:
+    if dest.is_file() and file_sha256(dest) == file_sha256(src):
+        return  # the shipped bytes already are this file
+    atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, name: str = "",
+            metrics_file: Path | None = None, endpoint: str | None = None, token: str | None = None,
+            dry_run: bool = False) -> tuple[WeightSpec, str]:
+    """Publish ``run_dir`` and rewrite its registry record; returns the new record and the registry diff."""
+    weights = run_dir / "model.safetensors"
+    model = load_file(weights)  # strict: a file that does not load is never published
+    name = name or model.pretrained_meta.get("name") or run_dir.name
+    specs = read_records(registry)
+    if name not in specs:
+        raise RobustZooError(f"{name!r} has no record in {registry}; a weight is released under a registry name "
+                             "(robustzoo list) whose recipe reproduced it")
+    sha = file_sha256(weights)
+    metrics = run_metrics(run_dir, name, sha, metrics_file)
+    prov = run_provenance(run_dir, metrics)
+    spec = specs[name]
+    _check_release(registry, spec, model.config, metrics, run_dir)
+    revision = None
+    if not embed and not dry_run:
+        from robustzoo._publish import card_metrics, publish_file
+        from robustzoo.hub import resolve_endpoint
+
+        eps = spec.attack.get("eps", metrics.get("eps", ""))
+        revision, sha = publish_file(weights, repo_id, name=name, metrics=card_metrics(metrics), dataset=spec.dataset,
+                                     eps=f"{eps:.6g}" if isinstance(eps, float) else str(eps), provenance=prov,
+                                     token=token, endpoint=resolve_endpoint(endpoint))
+    elif not embed:
+        revision = "0" * 40  # dry run: the diff shows where the commit will go
+    new = pinned_record(spec, config=model.config, sha=sha, metrics=metrics, provenance=prov, repo_id=repo_id,
+                        revision=revision, embedded=embed)
+    before, specs[name] = dump_records(specs), new
+    after = dump_records(specs)
+    diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{registry.name}",
+                                        f"b/{registry.name}"))
+    if not dry_run:
+        if embed:
+            _copy_into(weights, registry.parent / new.filename)
+        atomic_write(registry, lambda tmp: Path(tmp).write_text(after))
+        if registry.resolve() == REGISTRY_FILE:
+            from robustzoo.card import update_model_card
+
+            update_model_card(ROOT / "MODEL_CARD.md", specs)
+    return new, diff
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="a run folder written by training/reproduce.py")
-    p.add_argument("--repo-id", required=True, help="e.g. robustzoo/rot-adv-aft-r50")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo-id", help="upload to this Hub repo, e.g. robustzoo/rot-adv-aft-r50")
+    where.add_argument("--embed", action="store_true", help="ship the weight inside the package instead")
     p.add_argument("--name", default="", help="registry name (default: the one stored in the weight)")
-    p.add_argument("--token", default=None)
-    p.add_argument("--endpoint", default=None)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--registry", type=Path, default=None,
+                   help=f"registry file to rewrite (default: ${{ROBUSTZOO_REGISTRY}} or {REGISTRY_FILE.name} "
+                        "inside the package)")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="take the measured figures from this {name: {sha256, metrics}} file (benchmarks/)")
+    p.add_argument("--endpoint", default=None, help="Hub URL (default ROBUSTZOO_ENDPOINT / HF_ENDPOINT)")
+    p.add_argument("--token", default=os.environ.get("HF_TOKEN"), help="Hub token (default $HF_TOKEN)")
+    p.add_argument("--dry-run", action="store_true", help="print the registry diff; upload and write nothing")
     args = p.parse_args(argv)
-    model = load_file(args.dir)
-    name = args.name or model.pretrained_meta.get("name") or args.repo_id.split("/")[-1]
-    metrics = measured_metrics(args.dir)
-    sha = uploaded_sha256(model, name)
-    revision = "<dry-run>"
-    if not args.dry_run:
-        from robustzoo.hub import push_to_hub
-
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "eps")}
-        revision = push_to_hub(model, args.repo_id, name=name, metrics=numeric, token=args.token,
-                               endpoint=args.endpoint)
-    print(f"# registry entry for {name}")
-    print(f'repo_id="{args.repo_id}", revision="{revision}", sha256="{sha}",')
-    print(f"metrics={json.dumps(metrics)},")
+    try:
+        new, diff = release(args.dir, repo_id=args.repo_id, embed=args.embed, registry=args.registry or registry_path(),
+                            name=args.name, metrics_file=args.metrics, endpoint=args.endpoint, token=args.token,
+                            dry_run=args.dry_run)
+    except RobustZooError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(diff or "# the registry already holds this record", end="")
+    where = "embedded" if new.embedded else f"{new.repo_id}@{new.revision}"
+    print(f"# {new.name}: {where}, sha256 {new.sha256}{' (dry run: nothing written)' if args.dry_run else ''}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,6 +42,7 @@ import difflib
 from dataclasses import dataclass, fields, replace
 
 from robustzoo.errors import RobustZooError
+from robustzoo.registry import ARCH_TAGS, TASK_TAGS
 
 __all__ = ["Recipe", "RECIPES", "RecipeError", "resolve", "parse_overrides", "PRETEXT_TASKS"]
 
@@ -152,8 +153,8 @@ _FIELDS = {f.name: f for f in fields(Recipe)}
 
 
 def _pretext(task: str, mode: str, arch: str) -> Recipe:
-    short = {"rotation": "rot", "jigsaw": "jig", "selfie": "selfie", "ensemble": "ens"}[task]
-    kw: dict = dict(name=f"{short}-{mode}-{arch}", task=task, arch={"r18": "resnet18", "r50": "resnet50v2"}[arch],
+    short = {long: tag for tag, long in TASK_TAGS.items()}[task]
+    kw: dict = dict(name=f"{short}-{mode}-{arch}", task=task, arch=ARCH_TAGS[arch],
                     adversarial=mode == "adv", epochs=200 if mode == "std" else 100)
     if task == "jigsaw" and mode == "std":
         kw.update(weight_decay=5e-4)
@@ -167,8 +168,7 @@ def _pretext(task: str, mode: str, arch: str) -> Recipe:
 
 
 def _classifier(name: str, arch: str, parent: str | None) -> Recipe:
-    base = _pretext({"rot": "rotation", "jig": "jigsaw", "selfie": "selfie", "ens": "ensemble"}[parent],
-                    "adv", arch) if parent else Recipe(arch={"r18": "resnet18", "r50": "resnet50v2"}[arch])
+    base = _pretext(TASK_TAGS[parent], "adv", arch) if parent else Recipe(arch=ARCH_TAGS[arch])
     return replace(base, name=name, kind="classifier", task=base.task if parent else "none", finetune="adv-full",
                    parents=(f"{parent}-adv-{arch}",) if parent else ())
 

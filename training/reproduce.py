@@ -14,16 +14,25 @@ What runs depends on the weight (``training/recipes.py``):
   wd 3e-4, 100 epochs, x0.1 at 60/80; best epoch by robust accuracy on the held-out split), then
   :func:`robustzoo.evaluation.evaluate` on the test set, once;
 * ``ens3-aft-*``: the three fine-tuned members are reproduced or reused and wrapped in
-  :class:`robustzoo.models.SoftmaxEnsemble` (mean of softmaxes, spec 4.5), then evaluated.
+  :class:`robustzoo.models.SoftmaxEnsemble` (mean of softmaxes, ``finetune/model_ensemble.py``), then evaluated.
 
 Overrides (``--key=value``) apply to the weight and to every parent it needs, so a tiny run stays
-tiny all the way down. Each weight lands in ``<root>/<name>/`` with ``model.safetensors``,
-``config.json`` and ``report.json``.
+tiny all the way down. Each weight lands in its run folder ``<root>/<name>/``:
+
+* ``model.safetensors`` + ``config.json``: the weight (what ``training/publish.py`` uploads or embeds);
+* ``metrics.json``: the test-set numbers measured by this run, with how, where and when;
+* ``provenance.json``: code commit, recipe (and the overrides given), data, machine, date, command;
+* ``report.json``: everything else the run logged (history, best epoch, timings).
+
+Publish a run with ``python training/publish.py <root>/<name> --repo-id ORG/NAME``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -63,7 +72,7 @@ def _done(out: Path, recipe: Recipe) -> bool:
 
 
 def _finetune(recipe: Recipe, model: torch.nn.Module, out: Path, resume: bool) -> tuple[torch.nn.Module, dict]:
-    """Adversarial full fine-tuning (spec 4.2) with the held-out split for model selection."""
+    """Adversarial full fine-tuning (the official ``finetune/main.py``) with the held-out split for model selection."""
     from robustzoo.finetuning import finetune
 
     x, y = _float_data(recipe, "train")
@@ -96,6 +105,52 @@ def _test(recipe: Recipe, model: torch.nn.Module) -> dict:
     return res.to_dict()
 
 
+def _machine() -> dict:
+    """Where the run happened: enough to compare timings and to explain numeric drift."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def measured_metrics(recipe: Recipe, report: dict) -> dict:
+    """The run's test-set numbers (accuracies in %) with how, where and when they were measured."""
+    test = report.get("test") or {}
+    if "accuracy" in test:  # classifier / ensemble: a robustzoo.evaluate result
+        out = {**{k: round(v, 2) for k, v in test["accuracy"].items()}, "n": test["n"], "eps": test["settings"]["eps"],
+               "step": test["settings"]["alpha"],
+               "how": "training/reproduce.py: robustzoo.evaluate on the test split (eval mode, PGD random start, "
+                      "seed 0), once, after model selection on the held-out part of the training split"}
+    else:  # pretext backbone: pretext accuracies on the test split, as fractions in the report
+        out = {k.replace("test_", "pretext_", 1): round(100 * v, 2) for k, v in test.items()
+               if isinstance(v, (int, float))}
+        out["how"] = ("training/pretrain.py: pretext accuracy (clean, and under the training attack when adversarial) "
+                      "on the test split, once, after model selection on the held-out part of the training split")
+    machine = _machine()
+    where = f"{machine['cpus']}-core {machine['processor']}"
+    where += f" + {machine['gpu']}" if machine["gpu"] else ", no GPU"
+    return {**out, "dataset": recipe.dataset, "machine": f"{where}, torch {machine['torch']}",
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def provenance(recipe: Recipe, overrides: dict, report: dict) -> dict:
+    """What made this run: code commit, recipe, data, machine, date and the command that repeats it."""
+    args = " ".join(shlex.quote(f"--{k}={v!r}" if not isinstance(v, str) else f"--{k}={v}")
+                    for k, v in overrides.items())
+    return {"code_commit": report.get("git_commit") or git_commit(), "recipe": recipe.name,
+            "overrides": _jsonable(overrides), "recipe_settings": _jsonable(recipe.to_dict()),
+            "data": {"dataset": recipe.dataset, "root": recipe.data_root, "subset": recipe.subset,
+                     "val_fraction": recipe.val_fraction, "split_seed": recipe.seed},
+            "machine": _machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(float(report.get("seconds") or 0.0), 1),
+            "command": f"python training/reproduce.py {recipe.name} {args}".strip()}
+
+
+def _write_run_files(out: Path, recipe: Recipe, overrides: dict, report: dict) -> None:
+    for fname, value in (("metrics.json", measured_metrics(recipe, report)),
+                         ("provenance.json", provenance(recipe, overrides, report))):
+        atomic_write(out / fname, lambda tmp, v=value: Path(tmp).write_text(json.dumps(v, indent=2) + "\n"))
+
+
 def reproduce(name: str, overrides: list[str] | dict | None = None, *, root: str | Path = "runs",
               resume: bool = False) -> dict:
     """Reproduce registry weight ``name`` (and whatever it is built from) under ``root``; returns its report."""
@@ -112,7 +167,9 @@ def reproduce(name: str, overrides: list[str] | dict | None = None, *, root: str
         return Path(prec.out_dir)
 
     if recipe.kind == "backbone":
-        return pretrain(recipe, resume=resume)
+        report = pretrain(recipe, resume=resume)
+        _write_run_files(out, recipe, kw, report)
+        return report
     t0 = time.time()
     report: dict = {"name": name, "recipe": recipe.to_dict(), "git_commit": git_commit(), "out_dir": str(out)}
     if recipe.kind == "classifier":
@@ -132,10 +189,14 @@ def reproduce(name: str, overrides: list[str] | dict | None = None, *, root: str
             "test_accuracy": json.dumps(report["test"]["accuracy"])}
     save_pretrained(model.cpu(), out, name=name, metadata=meta)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(report), indent=2)))
+    _write_run_files(out, recipe, kw, report)
     return report
 
 
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     args = [a for a in argv if not a.startswith("--root=") and a != "--resume"]
     root = next((a.split("=", 1)[1] for a in argv if a.startswith("--root=")), "runs")
     if not args or args[0].startswith("-"):

@@ -26,7 +26,7 @@ from torch import nn
 
 from robustzoo.attacks import pgd
 from robustzoo.models import ResNet
-from robustzoo.selfie import SelfieTransformer
+from training.selfie import SelfieTransformer
 
 __all__ = ["PretextModel", "Rotation", "Jigsaw", "Selfie", "make_task", "trunk", "split_patches",
            "merge_patches", "jigsaw_permutations"]  # the ensemble task: training/ensemble.py

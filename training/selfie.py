@@ -5,8 +5,8 @@ patches of an image and asks the network which of the held-out patches belongs i
 slot. Chen et al. encode every patch with the ResNet trunk (stem + layer1-3, pooled), feed the
 *visible* patch features through a stack of post-LN transformer encoder layers with a learned
 summary token ``u0`` prepended, and add row/column position embeddings of the masked slots to the
-summary output to build one query per slot (``paper_spec.md`` section 1.5,
-``repo:pretraining/attention_pooling/*``, ``SelfieModel``).
+summary output to build one query per slot (official code ``TAMU-VITA/Adv-SS-Pretraining``,
+``pretraining/attention_pooling/*``, ``SelfieModel``).
 
 As coded: 13 encoder layers (``n_layers=12`` + 1), 16 heads of d_k = d_v = 64, d_model 1024 (the
 ResNet-50v2 layer3 width), d_ff 2048, dropout 0.1, GELU (tanh), post-LN, no positional encoding on
