@@ -69,13 +69,19 @@ def throughput(b: dict, c: dict, env: dict) -> list[str]:
            "| task | arch | batch | precision | compile | img/s | step / F (counted) | TFLOP/s | % peak | % matmul |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for row in (b.get("rows") or []) + (c.get("rows") or []):
-        tf = row.get("tflops_counted")
+        tf, comp = row.get("tflops_counted"), row.get("compile", "off")
+        if comp != "off":
+            comp += f" ({_f(row.get('warmup_s'), 1)} s compile + warm-up)"
         out.append(f"| {row['task']}-{row['mode']} | {row['arch']} | {row.get('batch', '-')} | {row['precision']} | "
-                   f"{row.get('compile', 'off')} | {_f(row.get('img_s'))}{' ' + row['error'] if 'error' in row else ''}"
+                   f"{comp} | {_f(row.get('img_s'))}{' ' + row['error'] if 'error' in row else ''}"
                    f" | {_f(row.get('step_over_fwd'), 1)} | {_f(tf, 1)} | "
                    f"{_f(tf and peak and 100 * tf * 1e12 / peak, 1)} | {_f(tf and mm and 100 * tf * 1e12 / mm, 1)} |")
-        if row.get("compile", "off") != "off":
-            out[-1] += f" (compile + warm-up {_f(row.get('warmup_s'), 1)} s)"
+    head = next((r for r in b.get("rows") or [] if (r["task"], r["mode"], r["arch"], r["precision"])
+                 == ("rotation", "adv", "r18", "bf16-cl") and r.get("img_s")), None)
+    if head:
+        verdict = "met" if head["img_s"] >= 5000 else "not met"
+        out.append(f"\nTarget >= 5,000 img/s for rotation-adv ResNet-18, bf16 + channels-last, batch "
+                   f"{head['batch']}: {verdict} ({_f(head['img_s'])} img/s measured).")
     for s in (b.get("skipped") or []) + (c.get("skipped") or []):
         out.append(f"- skipped {'-'.join(s['config'])}: {s['why']}")
     out += ["", "| rate (ResNet-18, 3x32x32) | img/s |", "|---|---|"]
