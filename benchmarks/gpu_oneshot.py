@@ -163,7 +163,11 @@ def prepare(dest: Path, data_dir: Path) -> int:
     (dest / "fashion-mnist").mkdir(parents=True, exist_ok=True)
     for f in files:
         shutil.copy2(f, dest / "fashion-mnist" / f.name)
-    dist = metadata.distribution("pyautoattack")
+    try:
+        dist = metadata.distribution("pyautoattack")
+    except metadata.PackageNotFoundError:
+        raise SystemExit("error: AutoAttack is not installed here: pip install robustzoo[autoattack], then "
+                         "run --prepare again") from None
     pkg = Path(dist.locate_file("pyautoattack"))
     site = dest / "site"
     shutil.rmtree(site, ignore_errors=True)
@@ -173,6 +177,7 @@ def prepare(dest: Path, data_dir: Path) -> int:
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"prepared {dest}: {size / 2**20:.1f} MiB (carry it with the run)")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
