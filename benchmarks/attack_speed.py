@@ -11,6 +11,10 @@ Measures, on one model and one batch, in one process:
     the same settings on the same batch, both fp32 NCHW; then robustzoo's bf16 autocast +
     channels_last path beside it.
 
+(c) for the GPU one-shot (``benchmarks/gpu_oneshot.py``): :func:`finetune_rate`, images/s of
+    ``robustzoo.finetune(mode="adv-full")`` itself (PGD-10 train-mode attack + SGD, its own loop), and
+    :func:`pgd20_rate`, images/s that ``robustzoo.evaluate`` attacks with PGD-20.
+
 Timings are medians of ``--repeats`` runs after one warm-up, interleaved (ours, theirs, ours, ...) so
 that load from other processes hits both sides alike. Run::
 
@@ -95,6 +99,49 @@ def attack_generation(model, x, y, device):
         "robustzoo_bf16_cl": lambda: pgd(ce(model_cl), x, eps=EPS, alpha=ALPHA, steps=K, model=model_cl,
                                          mode="eval", amp=True, channels_last=True),
     }
+
+
+def finetune_rate(model: torch.nn.Module, *, batch: int, n_batches: int, device: torch.device, size: int = 32,
+                  amp: bool = False, channels_last: bool = False, epochs: int = 2, eps: float = EPS) -> dict:
+    """Images/s of ``robustzoo.finetune(mode="adv-full")`` (PGD-10) on random data, timed by its own history.
+
+    The last epoch's wall time is used (the first one pays for cudnn autotuning); no validation split,
+    so an epoch is only training steps plus one host sync for the loss.
+    """
+    from robustzoo.finetuning import finetune
+
+    g = torch.Generator().manual_seed(0)
+    n = batch * n_batches
+    x = torch.rand(n, model.in_chans, size, size, generator=g)
+    y = torch.randint(0, model.num_classes, (n,), generator=g)
+    res = finetune(model, (x, y), mode="adv-full", epochs=epochs, batch_size=batch, eps=eps, steps=K,
+                   eval_steps=0, val_fraction=0, schedule="cosine", warmup=0, progress=False, device=device,
+                   amp=amp, channels_last=channels_last)
+    sec = res.history[-1]["seconds"]
+    return {"img_s": n / sec, "epoch_s": sec, "images_per_epoch": n, "batch": batch, "amp": amp,
+            "channels_last": channels_last, "epochs": epochs}
+
+
+def pgd20_rate(model: torch.nn.Module, *, n: int, batch: int, device: torch.device, size: int = 32,
+               amp: bool = False, eps: float = EPS, repeats: int = 2) -> dict:
+    """Images/s attacked by ``robustzoo.evaluate(attacks=("clean", "pgd20"))`` on random inputs.
+
+    The labels are the model's own predictions, so every image is clean-correct and attacked
+    (``evaluate`` attacks only those); the count attacked is read back from its clean accuracy.
+    The last of ``repeats`` runs is kept (the first pays for cudnn autotuning).
+    """
+    from robustzoo.evaluation import evaluate
+
+    model = model.to(device).eval()
+    x = torch.rand(n, model.in_chans, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = torch.cat([model(b.to(device)).argmax(1).cpu() for b in x.split(batch)])
+    for _ in range(repeats):
+        res = evaluate(model, (x, y), eps=eps, attacks=("clean", "pgd20"), batch_size=batch, device=device,
+                       amp=amp, progress=False)
+    attacked = round(res.accuracy["clean"] * n / 100)
+    sec = res.settings["seconds"]["pgd20"]
+    return {"img_s": attacked / sec, "attacked": attacked, "pgd20_s": sec, "n": n, "batch": batch, "amp": amp}
 
 
 def main() -> None:
