@@ -20,8 +20,8 @@ Modes (what is trained / the loss):
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from .attacks import check_attack_args
+from .checkpoint import CHECKPOINT_NAME, RunLock, data_digest, describe_model, load_checkpoint, tensor_digest
 from .data import load_data
 from .errors import DataError
 from .schedules import SCHEDULES, default_milestones
-from .trainer import CHECKPOINT_NAME, Run, fit, load_checkpoint, restore
+from .trainer import Run, fit, restore
 
 __all__ = ["MODES", "FinetuneResult", "finetune"]
 
@@ -63,7 +64,7 @@ class FinetuneResult:
         best_epoch: 1-based epoch whose weights ``model`` holds.
         best_metric: ``"val_robust"`` (adversarial modes) or ``"val_clean"`` (clean modes).
         settings: every argument that determined the run, plus data sizes and versions.
-        checkpoint_dir: where ``last.pt`` and ``best/model.safetensors`` were written, if any.
+        checkpoint_dir: where ``ckpt.safetensors`` and ``best/model.safetensors`` were written, if any.
         stopped_early: True when early stopping ended the run.
     """
 
@@ -145,13 +146,6 @@ def _split(x, y, val_data, val_fraction: float, seed: int, in_chans, num_classes
     return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
 
 
-def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256(str(tuple(x.shape)).encode())
-    h.update(y.numpy().tobytes())
-    h.update(x.flatten()[::997].numpy().tobytes())  # a strided sample: cheap, catches other data
-    return h.hexdigest()[:16]
-
-
 def _freeze(model: nn.Module, part: str) -> list[nn.Module]:
     if part == "all":
         return []
@@ -223,8 +217,11 @@ def finetune(
         num_classes: replace the head with a fresh one of this size (required for a headless model).
         seed: seeds the split, data order, augmentation, attack starts and a new head.
         device: default the model's device.
-        checkpoint_dir: write ``last.pt`` every epoch (atomically) and ``best/model.safetensors`` at the end.
-        resume: continue from ``checkpoint_dir/last.pt``; gives the same result as an uninterrupted run.
+        checkpoint_dir: write ``ckpt.safetensors`` every epoch (atomically) and ``best/model.safetensors`` at
+            the end; one run at a time per folder (a second one gets a CheckpointError naming the holder).
+        resume: continue from ``checkpoint_dir/ckpt.safetensors``; gives the same result as an uninterrupted
+            run. The checkpoint is verified first (content hash, and a fingerprint of the model, its starting
+            weights, the data and every setting): a corrupted file or another run's raises CheckpointError.
         progress: tqdm bar with live loss and accuracy, and one summary line per epoch.
         amp, channels_last, compile: bf16 autocast, channels-last memory format, ``torch.compile``
             (speed on GPU; they change numerics slightly; compile is slow to start on CPU).
@@ -286,7 +283,7 @@ def _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, *, seed, 
     cfg = {"mode": mode, **args, "eval_alpha": args["alpha"], "seed": seed, "num_classes": n_classes,
            "select": "val_clean" if loss == "clean" else "val_robust", "amp": amp, "channels_last": channels_last,
            "augment": augment, "flip": flip, "n_train": len(x), "n_val": 0 if x_val is None else len(x_val),
-           "data": _data_hash(x, y)}
+           "data": data_digest(x, y)}
     gens = {"data": torch.Generator(), "aug": torch.Generator(device=device), "attack": torch.Generator(device=device)}
     for i, g in enumerate(gens.values()):
         g.manual_seed(seed * 1000 + i)
@@ -296,28 +293,41 @@ def _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, *, seed, 
               frozen=frozen, loss=loss, x=x.to(device), y=y.to(device),
               x_val=None if x_val is None else x_val.to(device), y_val=None if y_val is None else y_val.to(device),
               cfg=cfg, device=device, generators=gens, progress=progress,
-              checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir))
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    resumed_from = 0
-    if path is not None and path.exists():
-        if resume:
-            restore(run, load_checkpoint(path))
-            resumed_from = run.state["epoch"]
-        else:
-            warnings.warn(f"{path} exists and resume=False: starting over and overwriting it", UserWarning,
-                          stacklevel=3)
-    try:
-        fit(run)
-    finally:
-        for p, flag in requires:
-            p.requires_grad_(flag)
+              checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+              fingerprint={"model": describe_model(model), "weights": tensor_digest(model.state_dict()),
+                           "settings": cfg})
+    with RunLock(run.checkpoint_dir) if run.checkpoint_dir is not None else contextlib.nullcontext():
+        try:
+            resumed_from = _resume(run, resume)
+            fit(run)
+        finally:
+            for p, flag in requires:
+                p.requires_grad_(flag)
+        return _finish(run, mode, compile, resumed_from)
+
+
+def _resume(run: Run, resume: bool) -> int:
+    """Restore a verified checkpoint when asked to; the epoch resumed from (0 for a fresh run)."""
+    path = None if run.checkpoint_dir is None else run.checkpoint_dir / CHECKPOINT_NAME
+    if path is None or not path.exists():
+        return 0
+    if not resume:
+        warnings.warn(f"{path} exists and resume=False: starting over and overwriting it", UserWarning,
+                      stacklevel=4)
+        return 0
+    restore(run, load_checkpoint(path, run.fingerprint))  # verified before anything touches the model
+    return run.state["epoch"]
+
+
+def _finish(run: Run, mode: str, compile: bool, resumed_from: int) -> FinetuneResult:
+    model, cfg, args = run.model, run.cfg, run.cfg
     state = run.state
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
     from . import __version__
 
-    settings = {**cfg, "device": str(device), "compile": compile, "resumed_from_epoch": resumed_from,
+    settings = {**cfg, "device": str(run.device), "compile": compile, "resumed_from_epoch": resumed_from,
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
     if run.checkpoint_dir is not None and hasattr(model, "config"):
         from .weights import save_pretrained

@@ -9,8 +9,6 @@ resumed from its last checkpoint repeats exactly what the uninterrupted run woul
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import pgd, trades_adv
-from .errors import RobustZooError
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    capture_rng,
+    pack_optimizer,
+    prefixed,
+    restore_rng,
+    save_checkpoint,
+    unpack_optimizer,
+)
 from .schedules import augment, lr_factor
 
-__all__ = ["Run", "fit", "restore", "validate", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["Run", "fit", "restore", "validate"]
 
-CHECKPOINT_NAME = "last.pt"
-# Test hook: seconds to sleep between writing the temporary checkpoint and renaming it, so a test
-# can SIGKILL the process in the middle of a checkpoint write.
-_SLEEP_ENV = "ROBUSTZOO_TEST_CKPT_SLEEP"
+_STATE_KEYS = ("epoch", "step", "history", "best_epoch", "best_value", "bad_epochs")
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Run:
     device: torch.device
     generators: dict[str, torch.Generator]
     checkpoint_dir: Path | None = None
+    fingerprint: dict = field(default_factory=dict)
     progress: bool = True
     state: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "history": [], "best_epoch": None,
                                                  "best_value": None, "best_state": None, "bad_epochs": 0})
@@ -116,72 +121,29 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
     return 100.0 * clean / len(x), (100.0 * robust / len(x) if steps > 0 else None)
 
 
-def _rng_state(run: Run) -> dict:
-    state = {name: g.get_state() for name, g in run.generators.items()}
-    state["torch"] = torch.get_rng_state()
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
-
-
-def _set_rng_state(run: Run, state: dict) -> None:
-    for name, g in run.generators.items():
-        g.set_state(state[name])
-    torch.set_rng_state(state["torch"])
-    if run.device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary file, fsync, then ``os.replace``: a crash leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if os.environ.get(_SLEEP_ENV):
-        time.sleep(float(os.environ[_SLEEP_ENV]))
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load our own checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise RobustZooError(f"cannot read the fine-tuning checkpoint {path}: {e}; delete it to start over") from e
-
-
 def _checkpoint(run: Run) -> None:
+    """Write ``checkpoint_dir/ckpt.safetensors``: model, optimizer, RNG states, history, best weights."""
     if run.checkpoint_dir is None:
         return
     s = run.state
-    payload = {"format": "robustzoo-finetune", "version": 1, "fingerprint": json.dumps(run.cfg, sort_keys=True),
-               "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run),
-               **{k: s[k] for k in ("epoch", "step", "history", "best_epoch", "best_value", "best_state",
-                                    "bad_epochs")}}
-    save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, payload)
+    tensors = {f"model/{k}": v for k, v in run.model.state_dict().items()}
+    if s["best_state"] is not None:
+        tensors.update({f"best/{k}": v for k, v in s["best_state"].items()})
+    optim, packed = pack_optimizer(run.optimizer)
+    tensors.update(optim)
+    tensors.update(capture_rng(run.generators))
+    state = {k: s[k] for k in _STATE_KEYS} | {"optimizer": packed, "has_best": s["best_state"] is not None}
+    save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, tensors, state, run.fingerprint)
 
 
-def restore(run: Run, payload: dict) -> None:
-    """Put a loaded checkpoint back into ``run`` (model, optimizer, RNG states, history, best)."""
-    if payload.get("format") != "robustzoo-finetune":
-        raise RobustZooError("not a robustzoo fine-tuning checkpoint")
-    saved = json.loads(payload["fingerprint"])
-    diff = {k: (saved.get(k), v) for k, v in run.cfg.items() if saved.get(k) != v}
-    if diff:
-        raise RobustZooError(f"cannot resume: the checkpoint was made with other settings {diff} "
-                             "(saved, now); use the same arguments or resume=False")
-    run.model.load_state_dict(payload["model"])
-    run.optimizer.load_state_dict(payload["optimizer"])
-    _set_rng_state(run, payload["rng"])
-    run.state = {k: payload[k] for k in run.state}
+def restore(run: Run, ckpt: Checkpoint) -> None:
+    """Put a verified checkpoint (:func:`robustzoo.checkpoint.load_checkpoint`) back into ``run``."""
+    t, state = ckpt.tensors, ckpt.state
+    run.model.load_state_dict(prefixed(t, "model"))
+    unpack_optimizer(run.optimizer, t, state["optimizer"])
+    restore_rng(run.generators, t)
+    run.state = {k: state[k] for k in _STATE_KEYS}
+    run.state["best_state"] = prefixed(t, "best") if state["has_best"] else None
 
 
 def _better(run: Run, value: float) -> bool:

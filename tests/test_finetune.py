@@ -9,6 +9,7 @@ import torch
 
 import robustzoo
 import robustzoo.trainer as trainer
+from robustzoo.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from robustzoo.errors import DataError, RobustZooError
 from robustzoo.finetuning import MODES, finetune
 from robustzoo.schedules import augment, default_milestones, lr_factor
@@ -65,9 +66,19 @@ def test_best_epoch_and_weights(data, tmp_path):
     assert res.best_epoch == 1 + scores.index(max(scores)) and res.best_value == max(scores)
     loaded = robustzoo.load_file(tmp_path / "best")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME, _fingerprint(tmp_path))
+    assert ckpt.state["epoch"] == 3 and len(ckpt.state["history"]) == 3
     assert res.settings["milestones"] == default_milestones(3) and res.settings["n_val"] == 16
+
+
+def _fingerprint(folder):
+    """The fingerprint a checkpoint was written with (read from its header, for tests that inspect it)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(folder / CHECKPOINT_NAME), framework="pt") as f:
+        return json.loads(f.metadata()["fingerprint"])
 
 
 def test_learns_something(data):
@@ -99,8 +110,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch, mode, stop_at)
     with pytest.raises(KeyboardInterrupt):
         finetune(make_model(), data, checkpoint_dir=tmp_path / "b", **kw)
     monkeypatch.setattr(trainer, "_checkpoint", original)
-    other_init = robustzoo.create_model("resnet18", width=0.0625, in_chans=1, num_classes=4)  # overwritten
-    res = finetune(other_init, data, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    res = finetune(make_model(), data, checkpoint_dir=tmp_path / "b", resume=True, **kw)
     assert res.settings["resumed_from_epoch"] == stop_at
     assert all(torch.equal(v, res.model.state_dict()[k]) for k, v in full.model.state_dict().items())
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
@@ -109,7 +119,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch, mode, stop_at)
 
 def test_resume_with_other_settings_refused(data, tmp_path):
     finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, **FAST)
-    with pytest.raises(RobustZooError, match="other settings"):
+    with pytest.raises(RobustZooError, match=r"different run: settings\.lr: 0\.05 in the checkpoint, 0\.2 now"):
         finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, resume=True, **(FAST | {"lr": 0.2}))
     with pytest.warns(UserWarning, match="overwriting"):
         finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, **FAST)

@@ -23,6 +23,7 @@ over ranks at each epoch end).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,9 +35,24 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from robustzoo.checkpoint import (  # noqa: E402
+    CHECKPOINT_NAME,
+    RunLock,
+    capture_rng,
+    data_digest,
+    describe_model,
+    load_checkpoint,
+    pack_optimizer,
+    prefixed,
+    restore_rng,
+    save_checkpoint,
+    tensor_digest,
+    unpack_optimizer,
+)
+from robustzoo.errors import RobustZooError  # noqa: E402
 from robustzoo.models import ResNet  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
-from training.checkpoint import export, git_commit, load_checkpoint, save_checkpoint, write_jsonl  # noqa: E402
+from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
 from training.data import augment, load_images, train_val_split  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
 from training.tasks import PretextModel, make_task  # noqa: E402
@@ -161,22 +177,60 @@ def evaluate_pretext(model, x_val, recipe: Recipe, device, rank: int, world: int
 # ------------------------------------------------------------------------------------------ main
 
 
-def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = None) -> dict:
+def pretrain(recipe: Recipe, *, resume: bool = False) -> dict:
     """Run one pretext pretraining; returns the report (also written to ``report.json``).
 
-    ``resume`` continues from ``<out_dir>/ckpt.safetensors`` when it exists. ``stop_after`` (tests)
-    returns right after the checkpoint of that epoch, as if the process had been killed there.
+    ``resume`` continues from ``<out_dir>/ckpt.safetensors`` when it exists, after verifying it
+    (:func:`robustzoo.checkpoint.load_checkpoint`: content hash, then the run's fingerprint: recipe,
+    model, starting weights, data). One run per folder: a second process gets a ``CheckpointError``.
     """
     if recipe.kind != "backbone" or recipe.task == "none":
         raise RecipeError(f"{recipe.name!r} is not a pretext recipe (kind={recipe.kind}); use reproduce.py")
     device, rank, world = setup(recipe)
     out = Path(recipe.out_dir or f"runs/{recipe.name}")
-    amp = device.type == "cuda" and recipe.bf16
-    cl = device.type == "cuda" and recipe.channels_last
     if recipe.batch_size % world:
         raise RecipeError(f"batch_size {recipe.batch_size} is not divisible by the {world} ranks")
+    with RunLock(out) if rank == 0 else contextlib.nullcontext():
+        return _pretrain(recipe, resume, out, device, rank, world)
+
+
+def _build(recipe: Recipe, device, world: int, cl: bool) -> PretextModel:
+    torch.manual_seed(recipe.seed)  # same init on every rank
+    backbone = ResNet(recipe.arch, num_classes=0, in_chans=recipe.in_chans, width=recipe.width)
+    model = PretextModel(backbone, make_task(recipe, backbone), freeze_bn=recipe.bn == "frozen").to(device)
+    if recipe.bn == "sync":
+        if world == 1 or device.type != "cuda":
+            raise RecipeError("--bn=sync needs CUDA and more than one rank")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    if recipe.compile:
+        model.backbone.compile()
+    return model
+
+
+def _save(path: Path, model, best: dict, opt, state: dict, fingerprint: dict) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best/{k}": v for k, v in best.items()})
+    optim, packed = pack_optimizer(opt)
+    tensors.update(optim)
+    tensors.update(capture_rng({}))  # torch's global RNG (dropout); the epoch generators are re-seeded
+    save_checkpoint(path, tensors, dict(state, optimizer=packed), fingerprint)
+
+
+def _restore(path: Path, model, opt, fingerprint: dict) -> tuple[dict, dict]:
+    ckpt = load_checkpoint(path, fingerprint)  # verified before anything touches the model
+    model.load_state_dict(prefixed(ckpt.tensors, "model"))
+    unpack_optimizer(opt, ckpt.tensors, ckpt.state.pop("optimizer"))
+    restore_rng({}, ckpt.tensors)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in prefixed(ckpt.tensors, "best").items()}, ckpt.state
+
+
+def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world: int) -> dict:
+    amp = device.type == "cuda" and recipe.bf16
+    cl = device.type == "cuda" and recipe.channels_last
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         info = dict(recipe=recipe.to_dict(), git_commit=git_commit(), world_size=world, torch=torch.__version__)
         atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
 
@@ -189,19 +243,9 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
         raise RecipeError(f"{len(x_train)} training images < batch_size {recipe.batch_size}")
     local = recipe.batch_size // world
     shard = slice(rank * local, (rank + 1) * local)
-
-    # model
-    torch.manual_seed(recipe.seed)  # same init on every rank
-    backbone = ResNet(recipe.arch, num_classes=0, in_chans=recipe.in_chans, width=recipe.width)
-    model = PretextModel(backbone, make_task(recipe, backbone), freeze_bn=recipe.bn == "frozen").to(device)
-    if recipe.bn == "sync":
-        if world == 1 or device.type != "cuda":
-            raise RecipeError("--bn=sync needs CUDA and more than one rank")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    if recipe.compile:
-        model.backbone.compile()
+    model = _build(recipe, device, world, cl)
+    fingerprint = {"recipe": _semantic(json.loads(json.dumps(recipe.to_dict()))), "model": describe_model(
+        model.backbone), "weights": tensor_digest(model.state_dict()), "data": data_digest(x_all[tr])}
 
     # optimiser: SGD over every parameter, weight decay on all of them (as the official code)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,11 +254,9 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     start, history = 0, []
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_score, best_epoch = -1.0, -1
-    ckpt = out / "ckpt.safetensors"
+    ckpt = out / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        best, state = load_checkpoint(ckpt, model, opt, device)
-        if _semantic(state["recipe"]) != _semantic(json.loads(json.dumps(recipe.to_dict()))):
-            raise RecipeError(f"{ckpt} was written by a different recipe; use another --out_dir")
+        best, state = _restore(ckpt, model, opt, fingerprint)
         start, history, best_score, best_epoch = state["epoch"], state["history"], state["best"], state["best_epoch"]
 
     # loop
@@ -247,30 +289,19 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
             dist.all_reduce(stats)
             if recipe.bn == "batch":
                 average_bn_stats(model, world)
-        n = iters * recipe.batch_size
-        s = (stats / n).tolist()  # the epoch's one host sync
-        train_seconds = time.time() - t0
-        row = {"epoch": epoch, "lr": lr, "train_loss": s[0][0],
-               **{f"train_clean_{k}": a for k, a in zip(model.task.metric_names, s[0][1:])}}
-        if recipe.adversarial:
-            row.update({"train_adv_loss": s[1][0],
-                        **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
+        row = _epoch_row(model, recipe, epoch, lr, stats, iters, t0)
         row.update(evaluate_pretext(model, x_val, recipe, device, rank, world, amp))
         row["seconds"] = time.time() - t0
-        row["images_per_s"] = n / train_seconds  # training only, validation excluded
         history.append(row)
         if row["val_score"] > best_score:
             best_score, best_epoch = row["val_score"], epoch
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if rank == 0:
-            state = dict(epoch=epoch + 1, history=history, best=best_score, best_epoch=best_epoch,
-                         recipe=recipe.to_dict())
-            save_checkpoint(ckpt, model, best, opt, state)
+            state = dict(epoch=epoch + 1, history=history, best=best_score, best_epoch=best_epoch)
+            _save(ckpt, model, best, opt, state, fingerprint)
             write_jsonl(out / "metrics.jsonl", history)
             if recipe.progress:
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-        if stop_after is not None and epoch + 1 >= stop_after:
-            return {"stopped_after": epoch + 1}
 
     # save: the best epoch's weights (selection on the held-out split), tested once on the test split
     model.load_state_dict(best)
@@ -287,6 +318,19 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     if world > 1:
         dist.barrier()
     return report
+
+
+def _epoch_row(model, recipe: Recipe, epoch: int, lr: float, stats, iters: int, t0: float) -> dict:
+    """The epoch's training metrics (the epoch's one host sync) and its throughput."""
+    n = iters * recipe.batch_size
+    s = (stats / n).tolist()
+    row = {"epoch": epoch, "lr": lr, "train_loss": s[0][0],
+           **{f"train_clean_{k}": a for k, a in zip(model.task.metric_names, s[0][1:])}}
+    if recipe.adversarial:
+        row.update({"train_adv_loss": s[1][0],
+                    **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
+    row["images_per_s"] = n / (time.time() - t0)  # training only, validation excluded
+    return row
 
 
 def _to_cl(inputs):
@@ -307,7 +351,7 @@ def main(argv: list[str]) -> None:
     try:
         recipe = resolve(argv[0], [a for a in argv[1:] if a != "--resume"])
         pretrain(recipe, resume=resume)
-    except RecipeError as e:
+    except RobustZooError as e:  # recipe, data and checkpoint errors: one line, no traceback
         raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized():
