@@ -17,8 +17,9 @@ sys.path.insert(0, str(ROOT))
 import training.pretrain as pretrain_mod  # noqa: E402
 from robustzoo.checkpoint import CheckpointError  # noqa: E402
 from robustzoo.registry import REGISTRY  # noqa: E402
+from robustzoo.schedules import augment  # noqa: E402
 from robustzoo.weights import load_file  # noqa: E402
-from training.data import augment, train_val_split  # noqa: E402
+from training.data import train_val_split  # noqa: E402
 from training.pretrain import lr_at, pretrain  # noqa: E402
 from training.recipes import RECIPES, RecipeError, parse_overrides, resolve  # noqa: E402
 from training.reproduce import reproduce  # noqa: E402
@@ -105,8 +106,8 @@ def test_split_is_held_out_and_seeded():
 def test_augment_crops_and_flips_on_device():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(augment(x, g, 0, False), x.float() / 255)
-    y = augment(x, g, 4, True)
+    assert torch.equal(augment(x, g, padding=0, flip=False), x.float() / 255)
+    y = augment(x, g, padding=4, flip=True)
     assert y.shape == (64, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
     # every output is a shifted (maybe flipped) copy: its interior appears in the padded original
     xf = torch.nn.functional.pad(x.float() / 255, (4, 4, 4, 4))

@@ -1,13 +1,15 @@
-"""Data for pretraining: uint8 tensors on the device, a seeded held-out split, vectorised augmentation."""
+"""Data for pretraining: uint8 tensors on the device and a seeded held-out split (augmentation:
+:func:`robustzoo.schedules.augment`, shared with fine-tuning)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from robustzoo.schedules import augment  # noqa: F401  (re-exported: the one augmentation, for old imports)
 from training.recipes import Recipe
 
-__all__ = ["synthetic", "load_images", "train_val_split", "augment"]
+__all__ = ["synthetic", "load_images", "train_val_split"]
 
 
 def synthetic(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,19 +41,3 @@ def train_val_split(recipe: Recipe, n: int) -> tuple[torch.Tensor, torch.Tensor]
         idx = idx[: recipe.subset]
     n_val = max(1, round(recipe.val_fraction * len(idx)))
     return idx[n_val:], idx[:n_val]
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
-    """uint8 batch -> float [0, 1] with RandomCrop(size, padding=pad) (zero fill) and horizontal flip."""
-    x = x.float().div_(255)
-    b, c, h, w = x.shape
-    if pad:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        off = torch.randint(2 * pad + 1, (2, b), generator=gen, device=x.device)
-        rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
-        x = xp.gather(2, rows)
-        cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)
-        x = x.gather(3, cols)
-    if flip:
-        x = torch.where(torch.rand(b, 1, 1, 1, generator=gen, device=x.device) < 0.5, x.flip(3), x)
-    return x

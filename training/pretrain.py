@@ -51,9 +51,10 @@ from robustzoo.checkpoint import (  # noqa: E402
 )
 from robustzoo.errors import RobustZooError  # noqa: E402
 from robustzoo.models import ResNet  # noqa: E402
+from robustzoo.schedules import augment, linear_warmup, lr_factor  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
 from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
-from training.data import augment, load_images, train_val_split  # noqa: E402
+from training.data import load_images, train_val_split  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
 from training.tasks import PretextModel, make_task  # noqa: E402
 
@@ -89,11 +90,9 @@ def generator(device: torch.device, *seed: int) -> torch.Generator:
 def lr_at(recipe: Recipe, epoch: int, it: int, iters: int) -> float:
     """Warm-up in epoch 0 (hard-coded 0.01 -> 0.1 in the paper), else per-iteration cosine to final_lr."""
     if recipe.warmup_iters and epoch == 0:
-        return min(recipe.warmup_from + it * (recipe.warmup_to - recipe.warmup_from) / recipe.warmup_iters,
-                   recipe.warmup_to)
-    floor = recipe.final_lr / recipe.lr
-    t = (epoch * iters + it) / max(1, recipe.epochs * iters)
-    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+        return linear_warmup(it, start=recipe.warmup_from, end=recipe.warmup_to, iters=recipe.warmup_iters)
+    return recipe.lr * lr_factor("cosine", step=epoch * iters + it, epoch=epoch, total_steps=recipe.epochs * iters,
+                                 floor=recipe.final_lr / recipe.lr)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -154,7 +153,7 @@ def evaluate_pretext(model, x_val, recipe: Recipe, device, rank: int, world: int
     for b in range(rank, math.ceil(len(x_val) / bs), world):
         g = generator(device, recipe.seed, 999_983, b)
         xb = x_val[b * bs:(b + 1) * bs]
-        inputs, targets = tsk.make_batch(augment(xb, g, 0, False), g)
+        inputs, targets = tsk.make_batch(augment(xb, g, padding=0, flip=False), g)
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             sums[0, :n_t] += tsk.per_sample(model.backbone, inputs, targets)[1].sum(0)
         sums[:, n_t] += len(xb)
@@ -275,8 +274,8 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
             lr = lr_at(recipe, epoch, it, iters)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = augment(x_train[order[it * recipe.batch_size:(it + 1) * recipe.batch_size]], g, recipe.crop_pad,
-                        recipe.flip)
+            x = augment(x_train[order[it * recipe.batch_size:(it + 1) * recipe.batch_size]], g,
+                        padding=recipe.crop_pad, flip=recipe.flip)
             clean, robust = train_step(model, opt, params, recipe, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
             stats[0, 0] += clean[0]
             stats[0, 1:] += clean[1]
