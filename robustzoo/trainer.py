@@ -9,6 +9,7 @@ resumed from its last checkpoint repeats exactly what the uninterrupted run woul
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from .checkpoint import (
 )
 from .schedules import augment, lr_factor
 
-__all__ = ["Run", "fit", "restore", "validate"]
+__all__ = ["Run", "fit", "restore", "validate", "LOSSES"]
 
 _STATE_KEYS = ("epoch", "step", "history", "best_epoch", "best_value", "bad_epochs")
 
@@ -45,7 +46,7 @@ class Run:
     forward: Any  # model or torch.compile(model)
     optimizer: torch.optim.Optimizer
     frozen: list[nn.Module]
-    loss: str  # "clean", "pgd" or "trades"
+    loss: str  # a key of LOSSES
     x: torch.Tensor
     y: torch.Tensor
     x_val: torch.Tensor | None
@@ -71,29 +72,44 @@ def _autocast(run: Run):
     return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg["amp"])
 
 
-def _step_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of one batch for the run's mode, and the logits its training accuracy is measured on."""
-    cfg, f = run.cfg, run.forward
+def _attack_args(run: Run) -> dict:
+    cfg = run.cfg
     # attack_mode "train" = the paper: attack the model as it is in training (BN batch stats);
     # None leaves frozen parts in eval, which a blanket model.train() would break.
-    mode = None if cfg["attack_mode"] == "train" else "eval"
-    common = dict(eps=cfg["eps"], alpha=cfg["alpha"], steps=cfg["steps"], mode=mode,
-                  generator=run.generators["attack"], amp=cfg["amp"])
-    if run.loss == "pgd":  # Madry et al. 2018, as finetune/main.py: CE on the adversarial batch only
-        x_adv = pgd(lambda z: F.cross_entropy(f(z), yb, reduction="none"), xb, model=run.model,
-                    channels_last=cfg["channels_last"], **common)
-        with _autocast(run):
-            logits = f(x_adv).float()
-        return F.cross_entropy(logits, yb), logits
-    if run.loss == "trades":  # Zhang et al. 2019: CE(clean) + beta * KL(p_clean || p_adv)
-        x_adv = trades_adv(f, xb, **common)
-        with _autocast(run):
-            logits, logits_adv = f(xb).float(), f(x_adv).float()
-        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-        return F.cross_entropy(logits, yb) + cfg["beta"] * kl, logits_adv
+    return dict(eps=cfg["eps"], alpha=cfg["alpha"], steps=cfg["steps"],
+                mode=None if cfg["attack_mode"] == "train" else "eval", generator=run.generators["attack"],
+                amp=cfg["amp"])
+
+
+def clean_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the clean batch."""
     with _autocast(run):
-        logits = f(xb).float()
+        logits = run.forward(xb).float()
     return F.cross_entropy(logits, yb), logits
+
+
+def pgd_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Madry et al. 2018, as the paper's ``finetune/main.py``: CE on the PGD batch only."""
+    f = run.forward
+    x_adv = pgd(lambda z: F.cross_entropy(f(z), yb, reduction="none"), xb, model=run.model,
+                channels_last=run.cfg["channels_last"], **_attack_args(run))
+    with _autocast(run):
+        logits = f(x_adv).float()
+    return F.cross_entropy(logits, yb), logits
+
+
+def trades_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zhang et al. 2019: CE(clean) + beta * KL(p_clean || p_adv); accuracy on the adversarial logits."""
+    f = run.forward
+    x_adv = trades_adv(f, xb, **_attack_args(run))
+    with _autocast(run):
+        logits, logits_adv = f(xb).float(), f(x_adv).float()
+    kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+    return F.cross_entropy(logits, yb) + run.cfg["beta"] * kl, logits_adv
+
+
+# loss name (column ``loss`` of robustzoo.finetune_settings.MODES) -> (run, x, y) -> (loss, logits for accuracy)
+LOSSES = {"clean": clean_loss, "pgd": pgd_loss, "trades": trades_loss}
 
 
 def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
@@ -165,7 +181,8 @@ def fit(run: Run) -> None:
         loss_sum = torch.zeros((), device=run.device)
         correct = torch.zeros((), device=run.device, dtype=torch.long)
         seen = 0
-        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not run.progress,
+        live = run.progress and _terminal()  # a live bar only on a terminal: no carriage returns in logs
+        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not live,
                    leave=False)
         for i in bar:
             idx = order[i * bs:(i + 1) * bs] if n >= bs else order
@@ -178,7 +195,7 @@ def fit(run: Run) -> None:
                                        milestones=cfg["milestones"], warmup=cfg["warmup"])
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            loss, logits = _step_loss(run, xb, yb)
+            loss, logits = LOSSES[run.loss](run, xb, yb)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -186,8 +203,9 @@ def fit(run: Run) -> None:
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if run.progress and (i % 10 == 0 or i == per_epoch - 1):  # .item() syncs: only for the bar
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
+            if live and (i % 10 == 0 or i == per_epoch - 1):  # .item() syncs: only for the bar
+                bar.set_postfix_str(f"mean loss {loss_sum.item() / seen:.3f}, train acc "
+                                    f"{100 * correct.item() / seen:.1f}% of the {seen} examples seen this epoch")
         bar.close()
         row = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
                "val_clean": None, "val_robust": None, "lr": lr}
@@ -204,16 +222,23 @@ def fit(run: Run) -> None:
                          best_state={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
-        if run.progress:
-            tqdm.write(_summary(row, cfg["select"]))
+        if run.progress:  # one line per epoch, terminal or log file
+            tqdm.write(_summary(row, cfg["select"]), file=sys.stdout)
         _checkpoint(run)
         if cfg["early_stopping"] and state["bad_epochs"] >= cfg["early_stopping"]:
             break
 
 
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()  # where tqdm draws
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def _summary(row: dict, select: str) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
-    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  train {row['train_acc']:.2f}%  val clean "
+    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  train acc (whole epoch) {row['train_acc']:.2f}%  val clean "
             f"{fmt(row['val_clean'])}%  val robust {fmt(row['val_robust'])}%  lr {row['lr']:.4g}  "
             f"({row['seconds']:.1f} s; best by {select})")
 

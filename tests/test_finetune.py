@@ -239,3 +239,38 @@ def test_package_level_names_stay_callable(data):
     assert callable(robustzoo.finetune) and callable(robustzoo.evaluate)
     res = robustzoo.finetune(make_model(), data, mode="linear", **(FAST | {"epochs": 1}))
     assert robustzoo.evaluate(res.model, data, eps=0.1, attacks=("clean",), progress=False).n == 160
+
+
+def test_settings_are_one_frozen_validated_dataclass(data, tmp_path):
+    import dataclasses
+
+    from robustzoo.finetuning import FinetuneSettings
+
+    s = FinetuneSettings(mode="linear", eps=0.1)
+    assert (s.epochs, s.alpha, s.milestones, s.loss, s.select) == (25, 0.025, (15, 20), "clean", "val_clean")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.lr = 1.0
+    with pytest.raises(DataError, match="did you mean 'adv-full'"):
+        FinetuneSettings(mode="adv_full")
+    with pytest.raises(DataError, match="milestones"):
+        FinetuneSettings(epochs=4, milestones=(4,))
+    assert s.with_data(320).warmup == 2 and FinetuneSettings(schedule="cosine").with_data(320).warmup == 0
+    # the result's settings and the checkpoint's fingerprint are made from it
+    res = finetune(make_model(), data, checkpoint_dir=tmp_path, **(FAST | {"mode": "full"}))
+    expected = FinetuneSettings(mode="full", epochs=2, batch_size=32, eps=0.1, steps=1, eval_steps=1,
+                                lr=0.05).with_data(128).as_dict()
+    assert {k: res.settings[k] for k in expected} == expected
+    assert _fingerprint(tmp_path)["settings"]["lr"] == 0.05
+
+
+def test_progress_one_line_per_epoch_in_logs_bar_on_terminals_silent_when_off(data, capsys, monkeypatch):
+    finetune(make_model(), data, **(FAST | {"progress": True}))  # captured output: not a terminal
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["epoch 1", "epoch 2"], out
+    assert "\r" not in out + err and "train acc (whole epoch)" in out
+    finetune(make_model(), data, **FAST)  # progress=False
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(trainer, "_terminal", lambda: True)
+    finetune(make_model(), data, **(FAST | {"progress": True, "epochs": 1}))
+    out, err = capsys.readouterr()
+    assert "\r" in err and "train acc" in err and "examples seen this epoch" in err  # the live bar, labelled
