@@ -217,3 +217,35 @@ def test_selfie_loss_options():
     assert not torch.allclose(losses["logits"], losses["double-softmax"])
     with pytest.raises(ValueError, match="selfie loss"):
         Selfie(bb, loss="softmax")
+
+
+def test_training_package_has_no_import_cycle():
+    """Every ``import training.x`` / ``from training(.x) import y``, at any depth of the file (lazy ones too)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "training"
+    mods = {p.stem for p in root.glob("*.py")}
+    graph = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse((root / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "training":
+                deps |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("training.")}
+        graph[m] = deps - {m}
+
+    def cycle_from(start, node, seen):
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return [*seen, nxt]
+            if nxt not in seen:
+                found = cycle_from(start, nxt, [*seen, nxt])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, m, [m]))]
+    assert not cycles, cycles[0]

@@ -33,7 +33,9 @@ def export(model, recipe, out: Path, report: dict) -> None:
     """The published files: headless backbone (save_pretrained), backbone + head, report."""
     from safetensors.torch import save_file
 
-    trained = "normalize,conv1,bn1,layer1,layer2,layer3" + (",layer4" if recipe.task in ("rotation", "jigsaw") else "")
+    from training.tasks import TASKS
+
+    trained = "normalize,conv1,bn1,layer1,layer2,layer3" + (",layer4" if TASKS[recipe.task].trains_layer4 else "")
     meta = {"recipe": recipe.name, "task": recipe.task, "training": "adv" if recipe.adversarial else "std",
             "git_commit": report["git_commit"], "best_epoch": str(report["best_epoch"]),
             "pretrained_modules": trained, "recipe_json": json.dumps(recipe.to_dict()),

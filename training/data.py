@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from robustzoo.schedules import augment  # noqa: F401  (re-exported: the one augmentation, for old imports)
-from training.recipes import Recipe
+from training.recipe import DataPart
 
 __all__ = ["synthetic", "load_images", "train_val_split"]
 
@@ -24,20 +24,26 @@ def synthetic(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (x * 255).round().to(torch.uint8), y
 
 
-def load_images(recipe: Recipe, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x uint8 (N, C, H, W), y) on the CPU; named datasets through :func:`robustzoo.data.load_data`."""
-    if recipe.dataset.startswith("synthetic-"):
-        return synthetic(recipe.dataset, split)
+def load_images(data: DataPart, split: str, in_chans: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x uint8 (N, C, H, W), y) on the CPU; named datasets through :func:`robustzoo.data.load_data`.
+
+    ``data`` is a recipe's data part (or a whole recipe, whose ``in_chans`` is then used)."""
+    in_chans = getattr(data, "in_chans", None) if in_chans is None else in_chans
+    if data.dataset.startswith("synthetic-"):
+        return synthetic(data.dataset, split)
     from robustzoo.data import load_data
 
-    x, y = load_data(recipe.dataset, split=split, root=recipe.data_root or None, in_chans=recipe.in_chans)
+    x, y = load_data(data.dataset, split=split, root=data.data_root or None, in_chans=in_chans)
     return (x * 255).round().to(torch.uint8), y  # 8-bit datasets: exact, and 4x less device memory
 
 
-def train_val_split(recipe: Recipe, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded shuffle of the training set; the first ``val_fraction`` is held out (paper: 5k of 50k)."""
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(recipe.seed))
-    if recipe.subset:
-        idx = idx[: recipe.subset]
-    n_val = max(1, round(recipe.val_fraction * len(idx)))
+def train_val_split(data: DataPart, n: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded shuffle of the training set; the first ``val_fraction`` is held out (paper: 5k of 50k).
+
+    ``data`` is a recipe's data part (pass ``seed``) or a whole recipe (its ``seed`` is used)."""
+    seed = data.seed if seed is None else seed
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if data.subset:
+        idx = idx[: data.subset]
+    n_val = max(1, round(data.val_fraction * len(idx)))
     return idx[n_val:], idx[:n_val]

@@ -55,6 +55,7 @@ from robustzoo.schedules import augment, linear_warmup, lr_factor  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
 from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
 from training.data import load_images, train_val_split  # noqa: E402
+from training.recipe import AttackPart, OptimPart  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
 from training.tasks import PretextModel, make_task  # noqa: E402
 
@@ -87,12 +88,12 @@ def generator(device: torch.device, *seed: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------- optimiser
 
 
-def lr_at(recipe: Recipe, epoch: int, it: int, iters: int) -> float:
+def lr_at(optim: OptimPart, epoch: int, it: int, iters: int) -> float:
     """Warm-up in epoch 0 (hard-coded 0.01 -> 0.1 in the paper), else per-iteration cosine to final_lr."""
-    if recipe.warmup_iters and epoch == 0:
-        return linear_warmup(it, start=recipe.warmup_from, end=recipe.warmup_to, iters=recipe.warmup_iters)
-    return recipe.lr * lr_factor("cosine", step=epoch * iters + it, epoch=epoch, total_steps=recipe.epochs * iters,
-                                 floor=recipe.final_lr / recipe.lr)
+    if optim.warmup_iters and epoch == 0:
+        return linear_warmup(it, start=optim.warmup_from, end=optim.warmup_to, iters=optim.warmup_iters)
+    return optim.lr * lr_factor("cosine", step=epoch * iters + it, epoch=epoch, total_steps=optim.epochs * iters,
+                                floor=optim.final_lr / optim.lr)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -112,7 +113,7 @@ def average_bn_stats(model: torch.nn.Module, world: int) -> None:
                 buf /= world
 
 
-def train_step(model: PretextModel, opt, params, recipe: Recipe, x, g, g_atk, shard: slice, *, amp: bool,
+def train_step(model: PretextModel, opt, params, attack: AttackPart, x, g, g_atk, shard: slice, *, amp: bool,
                cl: bool, world: int = 1):
     """One optimisation step on the augmented global batch ``x`` (this rank's ``shard`` of it).
 
@@ -123,9 +124,9 @@ def train_step(model: PretextModel, opt, params, recipe: Recipe, x, g, g_atk, sh
     if cl:
         inputs = _to_cl(inputs)
     adv = None
-    if recipe.adversarial:
-        adv = model.task.attack(model, inputs, targets, eps=recipe.eps, alpha=recipe.alpha,
-                                steps=recipe.attack_steps, mode=recipe.attack_mode, generator=g_atk, amp=amp)
+    if attack.adversarial:
+        adv = model.task.attack(model, inputs, targets, eps=attack.eps, alpha=attack.alpha,
+                                steps=attack.attack_steps, mode=attack.attack_mode, generator=g_atk, amp=amp)
     model.train()
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
         loss, clean, robust = model(inputs, targets, adv)
@@ -143,33 +144,33 @@ def train_step(model: PretextModel, opt, params, recipe: Recipe, x, g, g_atk, sh
 
 
 @torch.no_grad()
-def evaluate_pretext(model, x_val, recipe: Recipe, device, rank: int, world: int, amp: bool,
-                     prefix: str = "val") -> dict:
+def evaluate_pretext(model, x_val, attack: AttackPart, *, batch_size: int, seed: int, device, rank: int,
+                     world: int, amp: bool, prefix: str = "val") -> dict:
     """Clean (and, for adversarial recipes, PGD-``val_attack_steps`` eval-mode) pretext accuracy on the
     held-out split. Pretext labels of eval batch b come from seed (seed, b): fixed across epochs and ranks."""
     model.eval()
-    tsk, bs, n_t = model.task, recipe.eval_batch_size, len(model.task.metric_names)
+    tsk, bs, n_t = model.task, batch_size, len(model.task.metric_names)
     sums = torch.zeros(2, n_t + 1, device=device)  # rows: clean, robust; last column: count
     for b in range(rank, math.ceil(len(x_val) / bs), world):
-        g = generator(device, recipe.seed, 999_983, b)
+        g = generator(device, seed, 999_983, b)
         xb = x_val[b * bs:(b + 1) * bs]
         inputs, targets = tsk.make_batch(augment(xb, g, padding=0, flip=False), g)
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             sums[0, :n_t] += tsk.per_sample(model.backbone, inputs, targets)[1].sum(0)
         sums[:, n_t] += len(xb)
-        if recipe.adversarial:
+        if attack.adversarial:
             with torch.enable_grad():
-                adv = tsk.eval_attack(model, inputs, targets, eps=recipe.eps, alpha=recipe.alpha,
-                                      steps=recipe.val_attack_steps, mode="eval", generator=g, amp=amp)
+                adv = tsk.eval_attack(model, inputs, targets, eps=attack.eps, alpha=attack.alpha,
+                                      steps=attack.val_attack_steps, mode="eval", generator=g, amp=amp)
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                 sums[1, :n_t] += tsk.per_sample(model.backbone, adv, targets)[1].sum(0)
     if world > 1:
         dist.all_reduce(sums)
     acc = (sums[:, :n_t] / sums[:, n_t:]).tolist()
     out = {f"{prefix}_clean_{k}": a for k, a in zip(tsk.metric_names, acc[0])}
-    if recipe.adversarial:
+    if attack.adversarial:
         out.update({f"{prefix}_robust_{k}": a for k, a in zip(tsk.metric_names, acc[1])})
-    out[f"{prefix}_score"] = sum(acc[1 if recipe.adversarial else 0]) / n_t  # selection: robust if adversarial
+    out[f"{prefix}_score"] = sum(acc[1 if attack.adversarial else 0]) / n_t  # selection: robust if adversarial
     return out
 
 
@@ -194,10 +195,12 @@ def pretrain(recipe: Recipe, *, resume: bool = False) -> dict:
 
 
 def _build(recipe: Recipe, device, world: int, cl: bool) -> PretextModel:
+    m = recipe.model
     torch.manual_seed(recipe.seed)  # same init on every rank
-    backbone = ResNet(recipe.arch, num_classes=0, in_chans=recipe.in_chans, width=recipe.width)
-    model = PretextModel(backbone, make_task(recipe, backbone), freeze_bn=recipe.bn == "frozen").to(device)
-    if recipe.bn == "sync":
+    backbone = ResNet(m.arch, num_classes=0, in_chans=m.in_chans, width=m.width)
+    model = PretextModel(backbone, make_task(recipe.pretext, backbone, recipe.seed), freeze_bn=m.bn == "frozen")
+    model = model.to(device)
+    if m.bn == "sync":
         if world == 1 or device.type != "cuda":
             raise RecipeError("--bn=sync needs CUDA and more than one rank")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -234,8 +237,8 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
         atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
 
     # data: uint8 on the device, held-out split from the training set
-    x_all, _ = load_images(recipe, "train")
-    tr, va = train_val_split(recipe, len(x_all))
+    x_all, _ = load_images(recipe.data, "train", recipe.model.in_chans)
+    tr, va = train_val_split(recipe.data, len(x_all), recipe.seed)
     x_train, x_val = x_all[tr].to(device), x_all[va].to(device)
     iters = len(x_train) // recipe.batch_size
     if iters == 0:
@@ -243,6 +246,8 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
     local = recipe.batch_size // world
     shard = slice(rank * local, (rank + 1) * local)
     model = _build(recipe, device, world, cl)
+    evaluation = dict(batch_size=recipe.eval_batch_size, seed=recipe.seed, device=device, rank=rank, world=world,
+                      amp=amp)
     fingerprint = {"recipe": _semantic(json.loads(json.dumps(recipe.to_dict()))), "model": describe_model(
         model.backbone), "weights": tensor_digest(model.state_dict()), "data": data_digest(x_all[tr])}
 
@@ -271,12 +276,13 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
         stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
         t0 = time.time()
         for it in tqdm(range(iters), desc=f"epoch {epoch}", disable=not recipe.progress or rank > 0, leave=False):
-            lr = lr_at(recipe, epoch, it, iters)
+            lr = lr_at(recipe.optim, epoch, it, iters)
             for group in opt.param_groups:
                 group["lr"] = lr
             x = augment(x_train[order[it * recipe.batch_size:(it + 1) * recipe.batch_size]], g,
                         padding=recipe.crop_pad, flip=recipe.flip)
-            clean, robust = train_step(model, opt, params, recipe, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
+            clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl,
+                                       world=world)
             stats[0, 0] += clean[0]
             stats[0, 1:] += clean[1]
             if robust is not None:
@@ -289,7 +295,7 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
             if recipe.bn == "batch":
                 average_bn_stats(model, world)
         row = _epoch_row(model, recipe, epoch, lr, stats, iters, t0)
-        row.update(evaluate_pretext(model, x_val, recipe, device, rank, world, amp))
+        row.update(evaluate_pretext(model, x_val, recipe.attack, **evaluation))
         row["seconds"] = time.time() - t0
         history.append(row)
         if row["val_score"] > best_score:
@@ -304,9 +310,9 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
 
     # save: the best epoch's weights (selection on the held-out split), tested once on the test split
     model.load_state_dict(best)
-    x_test = load_images(recipe, "test")[0]
+    x_test = load_images(recipe.data, "test", recipe.model.in_chans)[0]
     x_test = (x_test[: recipe.test_n] if recipe.test_n else x_test).to(device)
-    test = evaluate_pretext(model, x_test, recipe, device, rank, world, amp, prefix="test")
+    test = evaluate_pretext(model, x_test, recipe.attack, **evaluation, prefix="test")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,
                   test=test, epochs=recipe.epochs, world_size=world, device=name,
