@@ -274,3 +274,15 @@ def test_progress_one_line_per_epoch_in_logs_bar_on_terminals_silent_when_off(da
     finetune(make_model(), data, **(FAST | {"progress": True, "epochs": 1}))
     out, err = capsys.readouterr()
     assert "\r" in err and "train acc" in err and "examples seen this epoch" in err  # the live bar, labelled
+
+
+def test_a_new_mode_is_one_table_row(data, monkeypatch):
+    from robustzoo.finetune_settings import MODES, Mode
+
+    monkeypatch.setitem(MODES, "adv-partial", Mode("layer4", "pgd", 2))
+    model = make_model()
+    before = state(model)
+    res = finetune(model, data, **(FAST | {"mode": "adv-partial"}))
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed and all(k.startswith(("layer4.", "linear.")) for k in changed)
+    assert res.best_metric == "val_robust" and res.settings["mode"] == "adv-partial"

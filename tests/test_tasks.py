@@ -249,3 +249,18 @@ def test_training_package_has_no_import_cycle():
 
     cycles = [c for m in sorted(graph) if (c := cycle_from(m, m, [m]))]
     assert not cycles, cycles[0]
+
+
+def test_a_new_task_is_one_table_row(monkeypatch, tmp_path):
+    from training import rotation
+    from training.pretrain import pretrain
+    from training.tasks import TASKS, TaskRow
+
+    monkeypatch.setitem(TASKS, "rotation-copy", TaskRow("rotc", rotation.build, trains_layer4=False))
+    recipe = resolve("rot-std-r18", ["--task=rotation-copy", "--width=0.0625", "--epochs=1", "--subset=32",
+                                     "--batch_size=16", "--dataset=synthetic-cifar", "--progress=False",
+                                     f"--out_dir={tmp_path}"])
+    report = pretrain(recipe)
+    assert report["task"] == "rotation-copy"
+    meta = __import__("robustzoo").load_file(tmp_path).pretrained_meta
+    assert meta["pretrained_modules"].endswith("layer3")  # the row says layer4 is not trained by it

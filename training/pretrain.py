@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,128 +49,20 @@ from robustzoo.checkpoint import (  # noqa: E402
 )
 from robustzoo.errors import RobustZooError  # noqa: E402
 from robustzoo.models import ResNet  # noqa: E402
-from robustzoo.schedules import augment, linear_warmup, lr_factor  # noqa: E402
+from robustzoo.schedules import augment  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
 from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
 from training.data import load_images, train_val_split  # noqa: E402
-from training.recipe import AttackPart, OptimPart  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
+from training.step import (  # noqa: E402,F401  (generator, lr_at, train_step: also imported from here)
+    average_bn_stats,
+    evaluate_pretext,
+    generator,
+    lr_at,
+    setup,
+    train_step,
+)
 from training.tasks import PretextModel, make_task  # noqa: E402
-
-# ----------------------------------------------------------------------------------------- setup
-
-
-def setup(recipe: Recipe) -> tuple[torch.device, int, int]:
-    """Device and (rank, world); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and recipe.device in ("auto", "cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    else:
-        device = torch.device("cpu" if recipe.device == "auto" else recipe.device)
-    return device, rank, world
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def generator(device: torch.device, *seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(hash(seed) % (2**62))
-
-
-# ------------------------------------------------------------------------------------- optimiser
-
-
-def lr_at(optim: OptimPart, epoch: int, it: int, iters: int) -> float:
-    """Warm-up in epoch 0 (hard-coded 0.01 -> 0.1 in the paper), else per-iteration cosine to final_lr."""
-    if optim.warmup_iters and epoch == 0:
-        return linear_warmup(it, start=optim.warmup_from, end=optim.warmup_to, iters=optim.warmup_iters)
-    return optim.lr * lr_factor("cosine", step=epoch * iters + it, epoch=epoch, total_steps=optim.epochs * iters,
-                                floor=optim.final_lr / optim.lr)
-
-
-def allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for g, v in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(v)
-
-
-def average_bn_stats(model: torch.nn.Module, world: int) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
-                buf /= world
-
-
-def train_step(model: PretextModel, opt, params, attack: AttackPart, x, g, g_atk, shard: slice, *, amp: bool,
-               cl: bool, world: int = 1):
-    """One optimisation step on the augmented global batch ``x`` (this rank's ``shard`` of it).
-
-    Pretext batch -> (adversarial: PGD on the task loss, train mode) -> (clean + adv) / 2 -> SGD.
-    Returns the device-side (loss sum, correct sums) of the clean and adversarial passes.
-    """
-    inputs, targets = model.task.make_batch(x, g, shard)
-    if cl:
-        inputs = _to_cl(inputs)
-    adv = None
-    if attack.adversarial:
-        adv = model.task.attack(model, inputs, targets, eps=attack.eps, alpha=attack.alpha,
-                                steps=attack.attack_steps, mode=attack.attack_mode, generator=g_atk, amp=amp)
-    model.train()
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-        loss, clean, robust = model(inputs, targets, adv)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if world > 1:
-        allreduce_grads(params, world)
-    opt.step()
-    return clean, robust
-
-
-
-
-# ------------------------------------------------------------------------------------------ eval
-
-
-@torch.no_grad()
-def evaluate_pretext(model, x_val, attack: AttackPart, *, batch_size: int, seed: int, device, rank: int,
-                     world: int, amp: bool, prefix: str = "val") -> dict:
-    """Clean (and, for adversarial recipes, PGD-``val_attack_steps`` eval-mode) pretext accuracy on the
-    held-out split. Pretext labels of eval batch b come from seed (seed, b): fixed across epochs and ranks."""
-    model.eval()
-    tsk, bs, n_t = model.task, batch_size, len(model.task.metric_names)
-    sums = torch.zeros(2, n_t + 1, device=device)  # rows: clean, robust; last column: count
-    for b in range(rank, math.ceil(len(x_val) / bs), world):
-        g = generator(device, seed, 999_983, b)
-        xb = x_val[b * bs:(b + 1) * bs]
-        inputs, targets = tsk.make_batch(augment(xb, g, padding=0, flip=False), g)
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            sums[0, :n_t] += tsk.per_sample(model.backbone, inputs, targets)[1].sum(0)
-        sums[:, n_t] += len(xb)
-        if attack.adversarial:
-            with torch.enable_grad():
-                adv = tsk.eval_attack(model, inputs, targets, eps=attack.eps, alpha=attack.alpha,
-                                      steps=attack.val_attack_steps, mode="eval", generator=g, amp=amp)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                sums[1, :n_t] += tsk.per_sample(model.backbone, adv, targets)[1].sum(0)
-    if world > 1:
-        dist.all_reduce(sums)
-    acc = (sums[:, :n_t] / sums[:, n_t:]).tolist()
-    out = {f"{prefix}_clean_{k}": a for k, a in zip(tsk.metric_names, acc[0])}
-    if attack.adversarial:
-        out.update({f"{prefix}_robust_{k}": a for k, a in zip(tsk.metric_names, acc[1])})
-    out[f"{prefix}_score"] = sum(acc[1 if attack.adversarial else 0]) / n_t  # selection: robust if adversarial
-    return out
-
 
 # ------------------------------------------------------------------------------------------ main
 
@@ -264,37 +154,17 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
         start, history, best_score, best_epoch = state["epoch"], state["history"], state["best"], state["best_epoch"]
 
     # loop
-    from tqdm import tqdm
-
     t_start = time.time()
     for epoch in range(start, recipe.epochs):
-        model.train()
-        g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
-        g_atk = generator(device, recipe.seed, epoch, rank, 1)  # attack random starts: per rank
-        torch.manual_seed(hash((recipe.seed, epoch, rank)) % (2**62))  # dropout (selfie transformer)
-        order = torch.randperm(len(x_train), generator=g, device=device)
-        stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
         t0 = time.time()
-        for it in tqdm(range(iters), desc=f"epoch {epoch}", disable=not recipe.progress or rank > 0, leave=False):
-            lr = lr_at(recipe.optim, epoch, it, iters)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = augment(x_train[order[it * recipe.batch_size:(it + 1) * recipe.batch_size]], g,
-                        padding=recipe.crop_pad, flip=recipe.flip)
-            clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl,
-                                       world=world)
-            stats[0, 0] += clean[0]
-            stats[0, 1:] += clean[1]
-            if robust is not None:
-                stats[1, 0] += robust[0]
-                stats[1, 1:] += robust[1]
+        stats, lr = _train_epoch(model, opt, params, recipe, x_train, epoch, shard, rank, world, amp=amp, cl=cl)
 
         # eval: one host sync per epoch
         if world > 1:
             dist.all_reduce(stats)
             if recipe.bn == "batch":
                 average_bn_stats(model, world)
-        row = _epoch_row(model, recipe, epoch, lr, stats, iters, t0)
+        row = _epoch_row(model, recipe, epoch, lr, stats, iters, t0)  # the epoch's one host sync
         row.update(evaluate_pretext(model, x_val, recipe.attack, **evaluation))
         row["seconds"] = time.time() - t0
         history.append(row)
@@ -308,6 +178,17 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
             if recipe.progress:
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
+    report = _test_report(model, best, recipe, device, evaluation, out, world=world, best_epoch=best_epoch,
+                          best_score=best_score, history=history, seconds=time.time() - t_start)
+    if rank == 0:
+        export(model, recipe, out, report)
+    if world > 1:
+        dist.barrier()
+    return report
+
+
+def _test_report(model, best: dict, recipe: Recipe, device, evaluation: dict, out: Path, *, world: int,
+                 best_epoch: int, best_score: float, history: list, seconds: float) -> dict:
     # save: the best epoch's weights (selection on the held-out split), tested once on the test split
     model.load_state_dict(best)
     x_test = load_images(recipe.data, "test", recipe.model.in_chans)[0]
@@ -316,13 +197,36 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,
                   test=test, epochs=recipe.epochs, world_size=world, device=name,
-                  git_commit=git_commit(), seconds=time.time() - t_start, recipe=recipe.to_dict(),
+                  git_commit=git_commit(), seconds=seconds, recipe=recipe.to_dict(),
                   history=history, out_dir=str(out))
-    if rank == 0:
-        export(model, recipe, out, report)
-    if world > 1:
-        dist.barrier()
     return report
+
+
+def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard: slice, rank: int, world: int, *,
+                 amp: bool, cl: bool):
+    """One epoch of :func:`training.step.train_step`; returns the device-side sums and the last lr."""
+    from tqdm import tqdm
+
+    device, bs = x_train.device, recipe.batch_size
+    model.train()
+    g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
+    g_atk = generator(device, recipe.seed, epoch, rank, 1)  # attack random starts: per rank
+    torch.manual_seed(hash((recipe.seed, epoch, rank)) % (2**62))  # dropout (selfie transformer)
+    order = torch.randperm(len(x_train), generator=g, device=device)
+    stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
+    iters = len(x_train) // bs
+    for it in tqdm(range(iters), desc=f"epoch {epoch}", disable=not recipe.progress or rank > 0, leave=False):
+        lr = lr_at(recipe.optim, epoch, it, iters)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = augment(x_train[order[it * bs:(it + 1) * bs]], g, padding=recipe.crop_pad, flip=recipe.flip)
+        clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
+        stats[0, 0] += clean[0]
+        stats[0, 1:] += clean[1]
+        if robust is not None:
+            stats[1, 0] += robust[0]
+            stats[1, 1:] += robust[1]
+    return stats, lr
 
 
 def _epoch_row(model, recipe: Recipe, epoch: int, lr: float, stats, iters: int, t0: float) -> dict:
@@ -336,12 +240,6 @@ def _epoch_row(model, recipe: Recipe, epoch: int, lr: float, stats, iters: int, 
                     **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
     row["images_per_s"] = n / (time.time() - t0)  # training only, validation excluded
     return row
-
-
-def _to_cl(inputs):
-    if isinstance(inputs, tuple):
-        return tuple(_to_cl(i) for i in inputs)
-    return inputs.contiguous(memory_format=torch.channels_last)
 
 
 def _semantic(recipe: dict) -> dict:
