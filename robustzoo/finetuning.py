@@ -29,7 +29,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_NAME, RunLock, data_digest, describe_model, load_checkpoint, tensor_digest
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    RunLock,
+    data_digest,
+    describe_model,
+    load_checkpoint,
+    tensor_digest,
+)
 from .data import load_data
 from .errors import DataError
 from .finetune_settings import MODES, FinetuneSettings, _positive
@@ -254,6 +262,9 @@ def _run(model, settings: FinetuneSettings, x, y, x_val, y_val, n_classes, *, de
 def _resume(run: Run, resume: bool) -> int:
     """Restore a verified checkpoint when asked to; the epoch resumed from (0 for a fresh run)."""
     path = None if run.checkpoint_dir is None else run.checkpoint_dir / CHECKPOINT_NAME
+    if resume and path is not None and not path.exists() and (run.checkpoint_dir / "last.pt").exists():
+        raise CheckpointError(f"{run.checkpoint_dir / 'last.pt'} was written by an older robustzoo (pickled "
+                              "torch.save) and cannot be verified; resume=False starts the run over")
     if path is None or not path.exists():
         return 0
     if not resume:

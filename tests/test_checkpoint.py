@@ -216,3 +216,9 @@ def test_pretrain_cli_reports_a_foreign_checkpoint_in_one_line(tmp_path):
 
 def _checkpoint_file_named(folder: Path) -> Path:
     return next(p for p in folder.iterdir() if p.name.startswith("ckpt") and p.is_file())
+
+
+def test_an_old_pickled_checkpoint_is_not_silently_ignored(data, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 an old torch.save file")
+    with pytest.raises(RobustZooError, match="older robustzoo"):
+        robustzoo.finetune(make_model(), data, checkpoint_dir=tmp_path, resume=True, **FAST)
