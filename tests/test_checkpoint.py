@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,16 +119,19 @@ def test_a_held_folder_is_refused_naming_folder_and_holder(data, tmp_path):
 
 
 RACER = textwrap.dedent('''
-    import sys, time, torch
+    import os, pathlib, sys, time, torch
     import robustzoo
     from robustzoo.errors import RobustZooError
     torch.set_num_threads(1)
-    folder, start = sys.argv[1], float(sys.argv[2])
+    folder, barrier = sys.argv[1], pathlib.Path(sys.argv[2])
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(256, 1, 16, 16, generator=g), torch.arange(256) % 4
     torch.manual_seed(0)
     model = robustzoo.create_model("resnet18", width=0.0625, in_chans=1, num_classes=4)
-    time.sleep(max(0.0, start - time.time()))  # all four start together
+    (barrier / str(os.getpid())).touch()
+    t0 = time.time()
+    while len(list(barrier.iterdir())) < 4 and time.time() - t0 < 120:  # all four start together
+        time.sleep(0.01)
     try:
         robustzoo.finetune(model, (x, y), mode="full", epochs=6, batch_size=16, eval_steps=0, progress=False,
                            checkpoint_dir=folder)
@@ -142,9 +144,9 @@ RACER = textwrap.dedent('''
 def test_four_concurrent_finetunes_in_one_folder(tmp_path):
     script = tmp_path / "racer.py"
     script.write_text(RACER)
-    folder = tmp_path / "run"
-    start = time.time() + 12  # after every process has imported torch
-    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(start)], stdout=subprocess.PIPE,
+    folder, barrier = tmp_path / "run", tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(barrier)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
