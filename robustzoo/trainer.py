@@ -9,8 +9,10 @@ resumed from its last checkpoint repeats exactly what the uninterrupted run woul
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from .checkpoint import (
 )
 from .schedules import augment, lr_factor
 
-__all__ = ["Run", "fit", "restore", "validate", "LOSSES"]
+__all__ = ["Run", "fit", "restore", "validate", "LOSSES", "run_iterations"]
 
 _STATE_KEYS = ("epoch", "step", "history", "best_epoch", "best_value", "bad_epochs")
 
@@ -166,53 +168,83 @@ def _better(run: Run, value: float) -> bool:
     return run.state["best_value"] is None or value > run.state["best_value"]
 
 
+def run_iterations(n: int, optimizer: torch.optim.Optimizer, step: Callable[[int], None], *,
+                   lr_at: Callable[[int], float], desc: str, live: bool,
+                   postfix: Callable[[], str] | None = None) -> float:
+    """The inner loop both trainers share (fine-tuning here, pretraining in ``training/pretrain.py``):
+    for each of ``n`` iterations set the learning rate ``lr_at(i)``, then run ``step(i)``, the one
+    thing the two loops do differently. A tqdm bar only when ``live`` (a terminal), its text from
+    ``postfix()`` every 10 iterations. Returns the last learning rate."""
+    lr = float("nan")
+    bar = tqdm(range(n), desc=desc, disable=not live, leave=False)
+    for i in bar:
+        lr = lr_at(i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step(i)
+        if live and postfix is not None and (i % 10 == 0 or i == n - 1):
+            bar.set_postfix_str(postfix())
+    bar.close()
+    return lr
+
+
+def _step(run: Run, order: torch.Tensor, sums: dict, i: int) -> None:
+    """Fine-tuning's step: batch ``i`` of ``order``, augmented on the device, one SGD step on the mode's loss."""
+    cfg, n, bs = run.cfg, len(run.x), run.cfg["batch_size"]
+    idx = order[i * bs:(i + 1) * bs] if n >= bs else order
+    xb, yb = run.x[idx].to(run.device, non_blocking=True), run.y[idx].to(run.device, non_blocking=True)
+    if cfg["augment"]:
+        xb = augment(xb, run.generators["aug"], padding=cfg["padding"], flip=cfg["flip"])
+    if cfg["channels_last"]:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    loss, logits = LOSSES[run.loss](run, xb, yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.state["step"] += 1
+    sums["loss"] += loss.detach() * len(yb)
+    sums["correct"] += (logits.argmax(1) == yb).sum()
+    sums["seen"] += len(yb)
+
+
+def _running(sums: dict) -> str:  # .item() syncs: only for the live bar
+    seen = sums["seen"]
+    return (f"mean loss {sums['loss'].item() / seen:.3f}, train acc {100 * sums['correct'].item() / seen:.1f}% "
+            f"of the {seen} examples seen this epoch")
+
+
+def _train_epoch(run: Run, epoch: int, per_epoch: int) -> dict:
+    """One epoch through :func:`run_iterations`; the epoch's training row (loss, accuracy, last lr)."""
+    cfg, first = run.cfg, run.state["step"]
+    _train_mode(run)
+    order = torch.randperm(len(run.x), generator=run.generators["data"])
+    sums = {"loss": torch.zeros((), device=run.device), "seen": 0,
+            "correct": torch.zeros((), device=run.device, dtype=torch.long)}
+    lr = run_iterations(
+        per_epoch, run.optimizer, functools.partial(_step, run, order, sums),
+        lr_at=lambda i: cfg["lr"] * lr_factor(cfg["schedule"], step=first + i, epoch=epoch,
+                                              total_steps=per_epoch * cfg["epochs"], milestones=cfg["milestones"],
+                                              warmup=cfg["warmup"]),
+        desc=f"epoch {epoch + 1}/{cfg['epochs']}", live=run.progress and _terminal(),
+        postfix=functools.partial(_running, sums))
+    seen = sums["seen"]
+    return {"epoch": epoch + 1, "loss": sums["loss"].item() / seen, "train_acc": 100.0 * sums["correct"].item() / seen,
+            "val_clean": None, "val_robust": None, "lr": lr}
+
+
 def fit(run: Run) -> None:
     """Train from ``run.state["epoch"]`` to ``cfg["epochs"]`` (or early stop), checkpointing every epoch."""
     cfg, state = run.cfg, run.state
-    n, bs = len(run.x), cfg["batch_size"]
-    per_epoch = max(1, n // bs)  # drop the last partial batch: static shapes, no 1-sample BN batch
-    total = per_epoch * cfg["epochs"]
+    per_epoch = max(1, len(run.x) // cfg["batch_size"])  # drop the last partial batch: no 1-sample BN batch
     if cfg["early_stopping"] and state["bad_epochs"] >= cfg["early_stopping"]:
         return  # a resumed run that had already stopped early
     for epoch in range(state["epoch"], cfg["epochs"]):
         t0 = time.perf_counter()
-        _train_mode(run)
-        order = torch.randperm(n, generator=run.generators["data"])
-        loss_sum = torch.zeros((), device=run.device)
-        correct = torch.zeros((), device=run.device, dtype=torch.long)
-        seen = 0
-        live = run.progress and _terminal()  # a live bar only on a terminal: no carriage returns in logs
-        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not live,
-                   leave=False)
-        for i in bar:
-            idx = order[i * bs:(i + 1) * bs] if n >= bs else order
-            xb, yb = run.x[idx].to(run.device, non_blocking=True), run.y[idx].to(run.device, non_blocking=True)
-            if cfg["augment"]:
-                xb = augment(xb, run.generators["aug"], padding=cfg["padding"], flip=cfg["flip"])
-            if cfg["channels_last"]:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            lr = cfg["lr"] * lr_factor(cfg["schedule"], step=state["step"], epoch=epoch, total_steps=total,
-                                       milestones=cfg["milestones"], warmup=cfg["warmup"])
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            loss, logits = LOSSES[run.loss](run, xb, yb)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            state["step"] += 1
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-            if live and (i % 10 == 0 or i == per_epoch - 1):  # .item() syncs: only for the bar
-                bar.set_postfix_str(f"mean loss {loss_sum.item() / seen:.3f}, train acc "
-                                    f"{100 * correct.item() / seen:.1f}% of the {seen} examples seen this epoch")
-        bar.close()
-        row = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
-               "val_clean": None, "val_robust": None, "lr": lr}
+        row = _train_epoch(run, epoch, per_epoch)
         if run.x_val is not None:
             row["val_clean"], row["val_robust"] = validate(
                 run.model, run.x_val, run.y_val, eps=cfg["eps"], alpha=cfg["eval_alpha"], steps=cfg["eval_steps"],
-                batch_size=max(bs, 256), seed=cfg["seed"], device=run.device, amp=cfg["amp"])
+                batch_size=max(cfg["batch_size"], 256), seed=cfg["seed"], device=run.device, amp=cfg["amp"])
         row["seconds"] = round(time.perf_counter() - t0, 3)
         state["history"].append(row)
         state["epoch"] = epoch + 1

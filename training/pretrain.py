@@ -50,6 +50,7 @@ from robustzoo.checkpoint import (  # noqa: E402
 from robustzoo.errors import RobustZooError  # noqa: E402
 from robustzoo.models import ResNet  # noqa: E402
 from robustzoo.schedules import augment  # noqa: E402
+from robustzoo.trainer import run_iterations  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
 from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
 from training.data import load_images, train_val_split  # noqa: E402
@@ -204,9 +205,8 @@ def _test_report(model, best: dict, recipe: Recipe, device, evaluation: dict, ou
 
 def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard: slice, rank: int, world: int, *,
                  amp: bool, cl: bool):
-    """One epoch of :func:`training.step.train_step`; returns the device-side sums and the last lr."""
-    from tqdm import tqdm
-
+    """One epoch of :func:`training.step.train_step` through the loop fine-tuning uses too
+    (:func:`robustzoo.trainer.run_iterations`); returns the device-side sums and the last lr."""
     device, bs = x_train.device, recipe.batch_size
     model.train()
     g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
@@ -215,10 +215,8 @@ def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard:
     order = torch.randperm(len(x_train), generator=g, device=device)
     stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
     iters = len(x_train) // bs
-    for it in tqdm(range(iters), desc=f"epoch {epoch}", disable=not recipe.progress or rank > 0, leave=False):
-        lr = lr_at(recipe.optim, epoch, it, iters)
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def step(it: int) -> None:  # pretraining's step: the pretext batch, (PGD), one SGD step
         x = augment(x_train[order[it * bs:(it + 1) * bs]], g, padding=recipe.crop_pad, flip=recipe.flip)
         clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
         stats[0, 0] += clean[0]
@@ -226,6 +224,9 @@ def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard:
         if robust is not None:
             stats[1, 0] += robust[0]
             stats[1, 1:] += robust[1]
+
+    lr = run_iterations(iters, opt, step, lr_at=lambda it: lr_at(recipe.optim, epoch, it, iters),
+                        desc=f"epoch {epoch}", live=recipe.progress and rank == 0 and sys.stderr.isatty())
     return stats, lr
 
 
