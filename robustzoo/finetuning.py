@@ -20,8 +20,7 @@ Modes (what is trained / the loss):
 
 from __future__ import annotations
 
-import difflib
-import hashlib
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -30,25 +29,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attacks import check_attack_args
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    RunLock,
+    data_digest,
+    describe_model,
+    load_checkpoint,
+    tensor_digest,
+)
 from .data import load_data
 from .errors import DataError
-from .schedules import SCHEDULES, default_milestones
-from .trainer import CHECKPOINT_NAME, Run, fit, load_checkpoint, restore
+from .finetune_settings import MODES, FinetuneSettings, _positive
+from .trainer import Run, fit, restore
 
-__all__ = ["MODES", "FinetuneResult", "finetune"]
+__all__ = ["MODES", "FinetuneResult", "FinetuneSettings", "finetune"]
 
-# mode -> (trained part, loss, default epochs). Linear probes get the 25 epochs of the RobustSSL recipe.
-MODES = {
-    "linear": ("head", "clean", 25),
-    "adv-linear": ("head", "pgd", 25),
-    "partial": ("layer4", "clean", 100),
-    "full": ("all", "clean", 100),
-    "adv-full": ("all", "pgd", 100),
-    "trades": ("all", "trades", 100),
-}
 _TRAINED = {"head": ("linear",), "layer4": ("layer4", "linear")}
-
 
 @dataclass
 class FinetuneResult:
@@ -63,7 +60,7 @@ class FinetuneResult:
         best_epoch: 1-based epoch whose weights ``model`` holds.
         best_metric: ``"val_robust"`` (adversarial modes) or ``"val_clean"`` (clean modes).
         settings: every argument that determined the run, plus data sizes and versions.
-        checkpoint_dir: where ``last.pt`` and ``best/model.safetensors`` were written, if any.
+        checkpoint_dir: where ``ckpt.safetensors`` and ``best/model.safetensors`` were written, if any.
         stopped_early: True when early stopping ended the run.
     """
 
@@ -80,41 +77,6 @@ class FinetuneResult:
         last = self.history[-1] if self.history else {}
         return (f"FinetuneResult(mode={self.settings.get('mode')}, epochs run={len(self.history)}, best epoch="
                 f"{self.best_epoch} ({self.best_metric}={self.best_value}), last={last})")
-
-
-def _positive(name: str, value, *, integer: bool = False, zero: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not (value >= 0 if zero else value > 0) or value != value:
-        kind = "an int" if integer else "a number"
-        raise DataError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}")
-
-
-def _check_args(mode: str, a: dict) -> None:
-    if mode not in MODES:
-        close = difflib.get_close_matches(str(mode), MODES, n=2)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise DataError(f"unknown mode {mode!r}{hint} (modes: {', '.join(MODES)})")
-    for name in ("epochs", "batch_size"):
-        _positive(name, a[name], integer=True)
-    _positive("lr", a["lr"])
-    for name in ("momentum", "weight_decay", "beta"):
-        _positive(name, a[name], zero=True)
-    check_attack_args(a["eps"], a["alpha"], a["steps"])
-    check_attack_args(a["eps"], a["alpha"], a["eval_steps"])
-    if MODES[mode][1] != "clean" and (a["steps"] < 1 or a["eps"] <= 0):
-        raise DataError(f"mode {mode!r} is adversarial: it needs eps > 0 and steps >= 1")
-    if a["schedule"] not in SCHEDULES:
-        raise DataError(f"schedule must be one of {SCHEDULES}, got {a['schedule']!r}")
-    if any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < a["epochs"] for m in a["milestones"]):
-        raise DataError(f"milestones must be epochs in 1..{a['epochs'] - 1}, got {a['milestones']}")
-    _positive("warmup", a["warmup"], integer=True, zero=True)
-    if not (isinstance(a["val_fraction"], (int, float)) and 0 <= a["val_fraction"] < 1):
-        raise DataError(f"val_fraction must be in [0, 1), got {a['val_fraction']!r}")
-    if a["early_stopping"] is not None:
-        _positive("early_stopping", a["early_stopping"], integer=True)
-    if a["attack_mode"] not in ("train", "eval"):
-        raise DataError(f"attack_mode must be 'train' (the paper) or 'eval', got {a['attack_mode']!r}")
-    _positive("padding", a["padding"], integer=True, zero=True)
 
 
 def _head(model: nn.Module, num_classes: int | None) -> int:
@@ -143,13 +105,6 @@ def _split(x, y, val_data, val_fraction: float, seed: int, in_chans, num_classes
         return x, y, None, None
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
-
-
-def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256(str(tuple(x.shape)).encode())
-    h.update(y.numpy().tobytes())
-    h.update(x.flatten()[::997].numpy().tobytes())  # a strided sample: cheap, catches other data
-    return h.hexdigest()[:16]
 
 
 def _freeze(model: nn.Module, part: str) -> list[nn.Module]:
@@ -223,8 +178,11 @@ def finetune(
         num_classes: replace the head with a fresh one of this size (required for a headless model).
         seed: seeds the split, data order, augmentation, attack starts and a new head.
         device: default the model's device.
-        checkpoint_dir: write ``last.pt`` every epoch (atomically) and ``best/model.safetensors`` at the end.
-        resume: continue from ``checkpoint_dir/last.pt``; gives the same result as an uninterrupted run.
+        checkpoint_dir: write ``ckpt.safetensors`` every epoch (atomically) and ``best/model.safetensors`` at
+            the end; one run at a time per folder (a second one gets a CheckpointError naming the holder).
+        resume: continue from ``checkpoint_dir/ckpt.safetensors``; gives the same result as an uninterrupted
+            run. The checkpoint is verified first (content hash, and a fingerprint of the model, its starting
+            weights, the data and every setting): a corrupted file or another run's raises CheckpointError.
         progress: tqdm bar with live loss and accuracy, and one summary line per epoch.
         amp, channels_last, compile: bf16 autocast, channels-last memory format, ``torch.compile``
             (speed on GPU; they change numerics slightly; compile is slow to start on CPU).
@@ -240,16 +198,12 @@ def finetune(
     Raises:
         DataError: any bad argument or data, before training starts.
     """
-    part, loss, default_epochs = MODES.get(mode, ("all", "clean", 1)) if isinstance(mode, str) else ("all",) * 3
-    epochs = default_epochs if epochs is None else epochs
-    alpha = eps / 4 if alpha is None else alpha
-    if milestones is None:
-        milestones = default_milestones(epochs) if isinstance(epochs, int) else []
-    args = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                schedule=schedule, milestones=list(milestones), warmup=0 if warmup is None else warmup,
-                eps=eps, alpha=alpha, steps=steps, eval_steps=eval_steps, beta=beta, val_fraction=val_fraction,
-                early_stopping=early_stopping, attack_mode=attack_mode, padding=padding)
-    _check_args(mode, args)
+    settings = FinetuneSettings(
+        mode=mode, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, milestones=None if milestones is None else tuple(milestones), warmup=warmup, eps=eps,
+        alpha=alpha, steps=steps, eval_steps=eval_steps, beta=beta, val_fraction=val_fraction,
+        early_stopping=early_stopping, seed=seed, amp=amp, channels_last=channels_last, compile=compile,
+        augment=augment, flip=flip, padding=padding, attack_mode=attack_mode)
     if resume and checkpoint_dir is None:
         raise DataError("resume=True needs checkpoint_dir= the folder of the interrupted run")
     if checkpoint_dir is not None and Path(checkpoint_dir).is_file():
@@ -260,72 +214,84 @@ def finetune(
     x, y, x_val, y_val = _split(x, y, val_data, val_fraction, seed, in_chans, n_classes)
     if len(x) < 2:
         raise DataError(f"only {len(x)} training sample(s) left after holding out validation data")
-    per_epoch = max(1, len(x) // batch_size)
-    if warmup is None:
-        args["warmup"] = min(200, per_epoch) if schedule == "multistep" else 0
     # ---- every check passed: only from here on does anything change ----
-    return _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, seed=seed, device=device,
-                checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, amp=amp,
-                channels_last=channels_last, compile=compile, augment=augment, flip=flip)
+    return _run(model, settings.with_data(len(x)), x, y, x_val, y_val, n_classes, device=device,
+                checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
 
 
-def _run(model, mode, part, loss, args, x, y, x_val, y_val, n_classes, *, seed, device, checkpoint_dir, resume,
-         progress, amp, channels_last, compile, augment, flip) -> FinetuneResult:
+def _run(model, settings: FinetuneSettings, x, y, x_val, y_val, n_classes, *, device, checkpoint_dir, resume,
+         progress) -> FinetuneResult:
     ref = next(model.parameters())
     device = torch.device(device) if device is not None else ref.device
     if n_classes != getattr(model, "num_classes", None):
         with torch.random.fork_rng(devices=[]):  # a seeded head without touching the caller's RNG
-            torch.manual_seed(seed)
+            torch.manual_seed(settings.seed)
             model.reset_classifier(n_classes)
     model.to(device)
-    if channels_last:
+    if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     requires = [(p, p.requires_grad) for p in model.parameters()]
-    frozen = _freeze(model, part)
+    frozen = _freeze(model, settings.trains)
     params = [p for p in model.parameters() if p.requires_grad]
-    cfg = {"mode": mode, **args, "eval_alpha": args["alpha"], "seed": seed, "num_classes": n_classes,
-           "select": "val_clean" if loss == "clean" else "val_robust", "amp": amp, "channels_last": channels_last,
-           "augment": augment, "flip": flip, "n_train": len(x), "n_val": 0 if x_val is None else len(x_val),
-           "data": _data_hash(x, y)}
+    # what the run is bound to (compile only changes speed, so a resume may switch it)
+    cfg = {k: v for k, v in settings.as_dict().items() if k != "compile"}
+    cfg.update(eval_alpha=settings.alpha, num_classes=n_classes, select=settings.select, n_train=len(x),
+               n_val=0 if x_val is None else len(x_val), data=data_digest(x, y))
     gens = {"data": torch.Generator(), "aug": torch.Generator(device=device), "attack": torch.Generator(device=device)}
     for i, g in enumerate(gens.values()):
-        g.manual_seed(seed * 1000 + i)
-    run = Run(model=model, forward=torch.compile(model) if compile else model,
-              optimizer=torch.optim.SGD(params, lr=args["lr"], momentum=args["momentum"],
-                                        weight_decay=args["weight_decay"]),
-              frozen=frozen, loss=loss, x=x.to(device), y=y.to(device),
+        g.manual_seed(settings.seed * 1000 + i)
+    run = Run(model=model, forward=torch.compile(model) if settings.compile else model,
+              optimizer=torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                                        weight_decay=settings.weight_decay),
+              frozen=frozen, loss=settings.loss, x=x.to(device), y=y.to(device),
               x_val=None if x_val is None else x_val.to(device), y_val=None if y_val is None else y_val.to(device),
               cfg=cfg, device=device, generators=gens, progress=progress,
-              checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir))
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    resumed_from = 0
-    if path is not None and path.exists():
-        if resume:
-            restore(run, load_checkpoint(path))
-            resumed_from = run.state["epoch"]
-        else:
-            warnings.warn(f"{path} exists and resume=False: starting over and overwriting it", UserWarning,
-                          stacklevel=3)
-    try:
-        fit(run)
-    finally:
-        for p, flag in requires:
-            p.requires_grad_(flag)
+              checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+              fingerprint={"model": describe_model(model), "weights": tensor_digest(model.state_dict()),
+                           "settings": cfg})
+    with RunLock(run.checkpoint_dir) if run.checkpoint_dir is not None else contextlib.nullcontext():
+        try:
+            resumed_from = _resume(run, resume)
+            fit(run)
+        finally:
+            for p, flag in requires:
+                p.requires_grad_(flag)
+        return _finish(run, settings, resumed_from)
+
+
+def _resume(run: Run, resume: bool) -> int:
+    """Restore a verified checkpoint when asked to; the epoch resumed from (0 for a fresh run)."""
+    path = None if run.checkpoint_dir is None else run.checkpoint_dir / CHECKPOINT_NAME
+    if resume and path is not None and not path.exists() and (run.checkpoint_dir / "last.pt").exists():
+        raise CheckpointError(f"{run.checkpoint_dir / 'last.pt'} was written by an older robustzoo (pickled "
+                              "torch.save) and cannot be verified; resume=False starts the run over")
+    if path is None or not path.exists():
+        return 0
+    if not resume:
+        warnings.warn(f"{path} exists and resume=False: starting over and overwriting it", UserWarning,
+                      stacklevel=4)
+        return 0
+    restore(run, load_checkpoint(path, run.fingerprint))  # verified before anything touches the model
+    return run.state["epoch"]
+
+
+def _finish(run: Run, ft: FinetuneSettings, resumed_from: int) -> FinetuneResult:
+    model, cfg = run.model, run.cfg
     state = run.state
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
     from . import __version__
 
-    settings = {**cfg, "device": str(device), "compile": compile, "resumed_from_epoch": resumed_from,
+    settings = {**cfg, "device": str(run.device), "compile": ft.compile, "resumed_from_epoch": resumed_from,
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
     if run.checkpoint_dir is not None and hasattr(model, "config"):
         from .serialization import save_pretrained  # not .weights: it imports the models
 
-        save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{mode}",
+        save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{ft.mode}",
                         metadata={"finetune": json.dumps(settings, sort_keys=True, default=str),
                                   "best_epoch": str(state["best_epoch"])})
-    stopped = bool(args["early_stopping"]) and state["epoch"] < args["epochs"]
+    stopped = bool(ft.early_stopping) and state["epoch"] < ft.epochs
     return FinetuneResult(model=model, history=state["history"], best_epoch=state["best_epoch"],
                           best_metric=cfg["select"], settings=settings, checkpoint_dir=run.checkpoint_dir,
                           stopped_early=stopped, best_value=state["best_value"])

@@ -1,8 +1,9 @@
-"""Learning-rate schedules and on-device augmentation for :mod:`robustzoo.finetuning`.
+"""Learning-rate schedules and on-device augmentation, shared by fine-tuning and pretraining.
 
 Both are pure functions of their inputs (step counters, a ``torch.Generator``), so a resumed run
 recomputes exactly what an uninterrupted one would: there is no scheduler or loader state to save
-beyond the generators.
+beyond the generators. Fine-tuning (``robustzoo.trainer``) and pretext pretraining
+(``training/pretrain.py``) call the same :func:`lr_factor`, :func:`linear_warmup` and :func:`augment`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SCHEDULES", "default_milestones", "lr_factor", "augment"]
+__all__ = ["SCHEDULES", "default_milestones", "lr_factor", "linear_warmup", "augment"]
 
 SCHEDULES = ("multistep", "cosine", "onecycle")
 
@@ -23,12 +24,19 @@ def default_milestones(epochs: int) -> list[int]:
     return [m for m in ms if 0 < m < epochs]
 
 
-def lr_factor(schedule: str, *, step: int, epoch: int, total_steps: int, milestones: list[int], warmup: int,
-              gamma: float = 0.1) -> float:
+def linear_warmup(step: int, *, start: float, end: float, iters: int) -> float:
+    """``start`` -> ``end`` linearly over ``iters`` iterations, then ``end`` (the paper's epoch-0 ramp is
+    ``min(0.01 + i * 0.09 / 200, 0.1)``: start 0.01, end 0.1, 200 iterations)."""
+    return min(start + step * (end - start) / iters, end)
+
+
+def lr_factor(schedule: str, *, step: int, epoch: int, total_steps: int, milestones: list[int] = (),
+              warmup: int = 0, gamma: float = 0.1, floor: float = 0.0) -> float:
     """Multiplier on the base learning rate at global iteration ``step`` (0-based) in ``epoch`` (0-based).
 
     * ``"multistep"``: times ``gamma`` at each milestone epoch (paper: 0.1 at 60 and 80).
-    * ``"cosine"``: half-cosine from 1 to 0 over ``total_steps`` iterations.
+    * ``"cosine"``: half-cosine from 1 to ``floor`` over ``total_steps`` iterations (pretraining: the
+      official code's per-iteration cosine to ``final_lr / lr``).
     * ``"onecycle"``: linear 0 -> 1 over the first 40 % of iterations, then 1 -> 0 (Wong et al. 2020's
       cyclic schedule for short adversarial runs).
 
@@ -39,25 +47,29 @@ def lr_factor(schedule: str, *, step: int, epoch: int, total_steps: int, milesto
     if schedule == "multistep":
         factor = gamma ** sum(epoch >= m for m in milestones)
     elif schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
     elif schedule == "onecycle":
         t, peak = (step + 1) / max(total_steps, 1), 0.4
         factor = t / peak if t <= peak else max(0.0, (1 - t) / (1 - peak))
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     if warmup > 0 and step < warmup:
-        factor *= 0.1 + 0.9 * step / warmup
+        factor *= linear_warmup(step, start=0.1, end=1.0, iters=warmup)
     return factor
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4,
+def augment(x: torch.Tensor, generator: torch.Generator | None, padding: int = 4,
             flip: bool = True) -> torch.Tensor:
     """Random crop with zero padding + random horizontal flip on a device batch (B, C, H, W).
+
+    A uint8 batch (pretraining keeps its data as 8-bit images) is first scaled to float [0, 1].
 
     Same distribution as ``RandomCrop(H, padding=4)`` + ``RandomHorizontalFlip()`` in the paper's
     torchvision pipeline (spec 2.1), but vectorised: one gather for the whole batch, no DataLoader.
     ``generator`` must live on ``x.device``.
     """
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
     b, _, h, w = x.shape
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))

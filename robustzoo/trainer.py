@@ -9,9 +9,10 @@ resumed from its last checkpoint repeats exactly what the uninterrupted run woul
 
 from __future__ import annotations
 
-import json
-import os
+import functools
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import pgd, trades_adv
-from .errors import RobustZooError
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    capture_rng,
+    pack_optimizer,
+    prefixed,
+    restore_rng,
+    save_checkpoint,
+    unpack_optimizer,
+)
 from .schedules import augment, lr_factor
 
-__all__ = ["Run", "fit", "restore", "validate", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["Run", "fit", "restore", "validate", "LOSSES", "run_iterations"]
 
-CHECKPOINT_NAME = "last.pt"
-# Test hook: seconds to sleep between writing the temporary checkpoint and renaming it, so a test
-# can SIGKILL the process in the middle of a checkpoint write.
-_SLEEP_ENV = "ROBUSTZOO_TEST_CKPT_SLEEP"
+_STATE_KEYS = ("epoch", "step", "history", "best_epoch", "best_value", "bad_epochs")
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Run:
     forward: Any  # model or torch.compile(model)
     optimizer: torch.optim.Optimizer
     frozen: list[nn.Module]
-    loss: str  # "clean", "pgd" or "trades"
+    loss: str  # a key of LOSSES
     x: torch.Tensor
     y: torch.Tensor
     x_val: torch.Tensor | None
@@ -50,6 +57,7 @@ class Run:
     device: torch.device
     generators: dict[str, torch.Generator]
     checkpoint_dir: Path | None = None
+    fingerprint: dict = field(default_factory=dict)
     progress: bool = True
     state: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "history": [], "best_epoch": None,
                                                  "best_value": None, "best_state": None, "bad_epochs": 0})
@@ -66,29 +74,44 @@ def _autocast(run: Run):
     return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg["amp"])
 
 
-def _step_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of one batch for the run's mode, and the logits its training accuracy is measured on."""
-    cfg, f = run.cfg, run.forward
+def _attack_args(run: Run) -> dict:
+    cfg = run.cfg
     # attack_mode "train" = the paper: attack the model as it is in training (BN batch stats);
     # None leaves frozen parts in eval, which a blanket model.train() would break.
-    mode = None if cfg["attack_mode"] == "train" else "eval"
-    common = dict(eps=cfg["eps"], alpha=cfg["alpha"], steps=cfg["steps"], mode=mode,
-                  generator=run.generators["attack"], amp=cfg["amp"])
-    if run.loss == "pgd":  # Madry et al. 2018, as finetune/main.py: CE on the adversarial batch only
-        x_adv = pgd(lambda z: F.cross_entropy(f(z), yb, reduction="none"), xb, model=run.model,
-                    channels_last=cfg["channels_last"], **common)
-        with _autocast(run):
-            logits = f(x_adv).float()
-        return F.cross_entropy(logits, yb), logits
-    if run.loss == "trades":  # Zhang et al. 2019: CE(clean) + beta * KL(p_clean || p_adv)
-        x_adv = trades_adv(f, xb, **common)
-        with _autocast(run):
-            logits, logits_adv = f(xb).float(), f(x_adv).float()
-        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-        return F.cross_entropy(logits, yb) + cfg["beta"] * kl, logits_adv
+    return dict(eps=cfg["eps"], alpha=cfg["alpha"], steps=cfg["steps"],
+                mode=None if cfg["attack_mode"] == "train" else "eval", generator=run.generators["attack"],
+                amp=cfg["amp"])
+
+
+def clean_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the clean batch."""
     with _autocast(run):
-        logits = f(xb).float()
+        logits = run.forward(xb).float()
     return F.cross_entropy(logits, yb), logits
+
+
+def pgd_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Madry et al. 2018, as the paper's ``finetune/main.py``: CE on the PGD batch only."""
+    f = run.forward
+    x_adv = pgd(lambda z: F.cross_entropy(f(z), yb, reduction="none"), xb, model=run.model,
+                channels_last=run.cfg["channels_last"], **_attack_args(run))
+    with _autocast(run):
+        logits = f(x_adv).float()
+    return F.cross_entropy(logits, yb), logits
+
+
+def trades_loss(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zhang et al. 2019: CE(clean) + beta * KL(p_clean || p_adv); accuracy on the adversarial logits."""
+    f = run.forward
+    x_adv = trades_adv(f, xb, **_attack_args(run))
+    with _autocast(run):
+        logits, logits_adv = f(xb).float(), f(x_adv).float()
+    kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+    return F.cross_entropy(logits, yb) + run.cfg["beta"] * kl, logits_adv
+
+
+# loss name (column ``loss`` of robustzoo.finetune_settings.MODES) -> (run, x, y) -> (loss, logits for accuracy)
+LOSSES = {"clean": clean_loss, "pgd": pgd_loss, "trades": trades_loss}
 
 
 def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
@@ -116,123 +139,112 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
     return 100.0 * clean / len(x), (100.0 * robust / len(x) if steps > 0 else None)
 
 
-def _rng_state(run: Run) -> dict:
-    state = {name: g.get_state() for name, g in run.generators.items()}
-    state["torch"] = torch.get_rng_state()
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
-
-
-def _set_rng_state(run: Run, state: dict) -> None:
-    for name, g in run.generators.items():
-        g.set_state(state[name])
-    torch.set_rng_state(state["torch"])
-    if run.device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary file, fsync, then ``os.replace``: a crash leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if os.environ.get(_SLEEP_ENV):
-        time.sleep(float(os.environ[_SLEEP_ENV]))
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load our own checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise RobustZooError(f"cannot read the fine-tuning checkpoint {path}: {e}; delete it to start over") from e
-
-
 def _checkpoint(run: Run) -> None:
+    """Write ``checkpoint_dir/ckpt.safetensors``: model, optimizer, RNG states, history, best weights."""
     if run.checkpoint_dir is None:
         return
     s = run.state
-    payload = {"format": "robustzoo-finetune", "version": 1, "fingerprint": json.dumps(run.cfg, sort_keys=True),
-               "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run),
-               **{k: s[k] for k in ("epoch", "step", "history", "best_epoch", "best_value", "best_state",
-                                    "bad_epochs")}}
-    save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, payload)
+    tensors = {f"model/{k}": v for k, v in run.model.state_dict().items()}
+    if s["best_state"] is not None:
+        tensors.update({f"best/{k}": v for k, v in s["best_state"].items()})
+    optim, packed = pack_optimizer(run.optimizer)
+    tensors.update(optim)
+    tensors.update(capture_rng(run.generators))
+    state = {k: s[k] for k in _STATE_KEYS} | {"optimizer": packed, "has_best": s["best_state"] is not None}
+    save_checkpoint(run.checkpoint_dir / CHECKPOINT_NAME, tensors, state, run.fingerprint)
 
 
-def restore(run: Run, payload: dict) -> None:
-    """Put a loaded checkpoint back into ``run`` (model, optimizer, RNG states, history, best)."""
-    if payload.get("format") != "robustzoo-finetune":
-        raise RobustZooError("not a robustzoo fine-tuning checkpoint")
-    saved = json.loads(payload["fingerprint"])
-    diff = {k: (saved.get(k), v) for k, v in run.cfg.items() if saved.get(k) != v}
-    if diff:
-        raise RobustZooError(f"cannot resume: the checkpoint was made with other settings {diff} "
-                             "(saved, now); use the same arguments or resume=False")
-    run.model.load_state_dict(payload["model"])
-    run.optimizer.load_state_dict(payload["optimizer"])
-    _set_rng_state(run, payload["rng"])
-    run.state = {k: payload[k] for k in run.state}
+def restore(run: Run, ckpt: Checkpoint) -> None:
+    """Put a verified checkpoint (:func:`robustzoo.checkpoint.load_checkpoint`) back into ``run``."""
+    t, state = ckpt.tensors, ckpt.state
+    run.model.load_state_dict(prefixed(t, "model"))
+    unpack_optimizer(run.optimizer, t, state["optimizer"])
+    restore_rng(run.generators, t)
+    run.state = {k: state[k] for k in _STATE_KEYS}
+    run.state["best_state"] = prefixed(t, "best") if state["has_best"] else None
 
 
 def _better(run: Run, value: float) -> bool:
     return run.state["best_value"] is None or value > run.state["best_value"]
 
 
+def run_iterations(n: int, optimizer: torch.optim.Optimizer, step: Callable[[int], None], *,
+                   lr_at: Callable[[int], float], desc: str, live: bool,
+                   postfix: Callable[[], str] | None = None) -> float:
+    """The inner loop both trainers share (fine-tuning here, pretraining in ``training/pretrain.py``):
+    for each of ``n`` iterations set the learning rate ``lr_at(i)``, then run ``step(i)``, the one
+    thing the two loops do differently. A tqdm bar only when ``live`` (a terminal), its text from
+    ``postfix()`` every 10 iterations. Returns the last learning rate."""
+    lr = float("nan")
+    bar = tqdm(range(n), desc=desc, disable=not live, leave=False)
+    for i in bar:
+        lr = lr_at(i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step(i)
+        if live and postfix is not None and (i % 10 == 0 or i == n - 1):
+            bar.set_postfix_str(postfix())
+    bar.close()
+    return lr
+
+
+def _step(run: Run, order: torch.Tensor, sums: dict, i: int) -> None:
+    """Fine-tuning's step: batch ``i`` of ``order``, augmented on the device, one SGD step on the mode's loss."""
+    cfg, n, bs = run.cfg, len(run.x), run.cfg["batch_size"]
+    idx = order[i * bs:(i + 1) * bs] if n >= bs else order
+    xb, yb = run.x[idx].to(run.device, non_blocking=True), run.y[idx].to(run.device, non_blocking=True)
+    if cfg["augment"]:
+        xb = augment(xb, run.generators["aug"], padding=cfg["padding"], flip=cfg["flip"])
+    if cfg["channels_last"]:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    loss, logits = LOSSES[run.loss](run, xb, yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.state["step"] += 1
+    sums["loss"] += loss.detach() * len(yb)
+    sums["correct"] += (logits.argmax(1) == yb).sum()
+    sums["seen"] += len(yb)
+
+
+def _running(sums: dict) -> str:  # .item() syncs: only for the live bar
+    seen = sums["seen"]
+    return (f"mean loss {sums['loss'].item() / seen:.3f}, train acc {100 * sums['correct'].item() / seen:.1f}% "
+            f"of the {seen} examples seen this epoch")
+
+
+def _train_epoch(run: Run, epoch: int, per_epoch: int) -> dict:
+    """One epoch through :func:`run_iterations`; the epoch's training row (loss, accuracy, last lr)."""
+    cfg, first = run.cfg, run.state["step"]
+    _train_mode(run)
+    order = torch.randperm(len(run.x), generator=run.generators["data"])
+    sums = {"loss": torch.zeros((), device=run.device), "seen": 0,
+            "correct": torch.zeros((), device=run.device, dtype=torch.long)}
+    lr = run_iterations(
+        per_epoch, run.optimizer, functools.partial(_step, run, order, sums),
+        lr_at=lambda i: cfg["lr"] * lr_factor(cfg["schedule"], step=first + i, epoch=epoch,
+                                              total_steps=per_epoch * cfg["epochs"], milestones=cfg["milestones"],
+                                              warmup=cfg["warmup"]),
+        desc=f"epoch {epoch + 1}/{cfg['epochs']}", live=run.progress and _terminal(),
+        postfix=functools.partial(_running, sums))
+    seen = sums["seen"]
+    return {"epoch": epoch + 1, "loss": sums["loss"].item() / seen, "train_acc": 100.0 * sums["correct"].item() / seen,
+            "val_clean": None, "val_robust": None, "lr": lr}
+
+
 def fit(run: Run) -> None:
     """Train from ``run.state["epoch"]`` to ``cfg["epochs"]`` (or early stop), checkpointing every epoch."""
     cfg, state = run.cfg, run.state
-    n, bs = len(run.x), cfg["batch_size"]
-    per_epoch = max(1, n // bs)  # drop the last partial batch: static shapes, no 1-sample BN batch
-    total = per_epoch * cfg["epochs"]
+    per_epoch = max(1, len(run.x) // cfg["batch_size"])  # drop the last partial batch: no 1-sample BN batch
     if cfg["early_stopping"] and state["bad_epochs"] >= cfg["early_stopping"]:
         return  # a resumed run that had already stopped early
     for epoch in range(state["epoch"], cfg["epochs"]):
         t0 = time.perf_counter()
-        _train_mode(run)
-        order = torch.randperm(n, generator=run.generators["data"])
-        loss_sum = torch.zeros((), device=run.device)
-        correct = torch.zeros((), device=run.device, dtype=torch.long)
-        seen = 0
-        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not run.progress,
-                   leave=False)
-        for i in bar:
-            idx = order[i * bs:(i + 1) * bs] if n >= bs else order
-            xb, yb = run.x[idx].to(run.device, non_blocking=True), run.y[idx].to(run.device, non_blocking=True)
-            if cfg["augment"]:
-                xb = augment(xb, run.generators["aug"], padding=cfg["padding"], flip=cfg["flip"])
-            if cfg["channels_last"]:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            lr = cfg["lr"] * lr_factor(cfg["schedule"], step=state["step"], epoch=epoch, total_steps=total,
-                                       milestones=cfg["milestones"], warmup=cfg["warmup"])
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            loss, logits = _step_loss(run, xb, yb)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            state["step"] += 1
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-            if run.progress and (i % 10 == 0 or i == per_epoch - 1):  # .item() syncs: only for the bar
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
-        bar.close()
-        row = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
-               "val_clean": None, "val_robust": None, "lr": lr}
+        row = _train_epoch(run, epoch, per_epoch)
         if run.x_val is not None:
             row["val_clean"], row["val_robust"] = validate(
                 run.model, run.x_val, run.y_val, eps=cfg["eps"], alpha=cfg["eval_alpha"], steps=cfg["eval_steps"],
-                batch_size=max(bs, 256), seed=cfg["seed"], device=run.device, amp=cfg["amp"])
+                batch_size=max(cfg["batch_size"], 256), seed=cfg["seed"], device=run.device, amp=cfg["amp"])
         row["seconds"] = round(time.perf_counter() - t0, 3)
         state["history"].append(row)
         state["epoch"] = epoch + 1
@@ -242,16 +254,23 @@ def fit(run: Run) -> None:
                          best_state={k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
-        if run.progress:
-            tqdm.write(_summary(row, cfg["select"]))
+        if run.progress:  # one line per epoch, terminal or log file
+            tqdm.write(_summary(row, cfg["select"]), file=sys.stdout)
         _checkpoint(run)
         if cfg["early_stopping"] and state["bad_epochs"] >= cfg["early_stopping"]:
             break
 
 
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()  # where tqdm draws
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def _summary(row: dict, select: str) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
-    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  train {row['train_acc']:.2f}%  val clean "
+    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  train acc (whole epoch) {row['train_acc']:.2f}%  val clean "
             f"{fmt(row['val_clean'])}%  val robust {fmt(row['val_robust'])}%  lr {row['lr']:.4g}  "
             f"({row['seconds']:.1f} s; best by {select})")
 

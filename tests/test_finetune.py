@@ -9,6 +9,7 @@ import torch
 
 import robustzoo
 import robustzoo.trainer as trainer
+from robustzoo.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from robustzoo.errors import DataError, RobustZooError
 from robustzoo.finetuning import MODES, finetune
 from robustzoo.schedules import augment, default_milestones, lr_factor
@@ -65,9 +66,19 @@ def test_best_epoch_and_weights(data, tmp_path):
     assert res.best_epoch == 1 + scores.index(max(scores)) and res.best_value == max(scores)
     loaded = robustzoo.load_file(tmp_path / "best")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME, _fingerprint(tmp_path))
+    assert ckpt.state["epoch"] == 3 and len(ckpt.state["history"]) == 3
     assert res.settings["milestones"] == default_milestones(3) and res.settings["n_val"] == 16
+
+
+def _fingerprint(folder):
+    """The fingerprint a checkpoint was written with (read from its header, for tests that inspect it)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(folder / CHECKPOINT_NAME), framework="pt") as f:
+        return json.loads(f.metadata()["fingerprint"])
 
 
 def test_learns_something(data):
@@ -99,8 +110,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch, mode, stop_at)
     with pytest.raises(KeyboardInterrupt):
         finetune(make_model(), data, checkpoint_dir=tmp_path / "b", **kw)
     monkeypatch.setattr(trainer, "_checkpoint", original)
-    other_init = robustzoo.create_model("resnet18", width=0.0625, in_chans=1, num_classes=4)  # overwritten
-    res = finetune(other_init, data, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    res = finetune(make_model(), data, checkpoint_dir=tmp_path / "b", resume=True, **kw)
     assert res.settings["resumed_from_epoch"] == stop_at
     assert all(torch.equal(v, res.model.state_dict()[k]) for k, v in full.model.state_dict().items())
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
@@ -109,7 +119,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch, mode, stop_at)
 
 def test_resume_with_other_settings_refused(data, tmp_path):
     finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, **FAST)
-    with pytest.raises(RobustZooError, match="other settings"):
+    with pytest.raises(RobustZooError, match=r"different run: settings\.lr: 0\.05 in the checkpoint, 0\.2 now"):
         finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, resume=True, **(FAST | {"lr": 0.2}))
     with pytest.warns(UserWarning, match="overwriting"):
         finetune(make_model(), data, mode="full", checkpoint_dir=tmp_path, **FAST)
@@ -229,3 +239,50 @@ def test_package_level_names_stay_callable(data):
     assert callable(robustzoo.finetune) and callable(robustzoo.evaluate)
     res = robustzoo.finetune(make_model(), data, mode="linear", **(FAST | {"epochs": 1}))
     assert robustzoo.evaluate(res.model, data, eps=0.1, attacks=("clean",), progress=False).n == 160
+
+
+def test_settings_are_one_frozen_validated_dataclass(data, tmp_path):
+    import dataclasses
+
+    from robustzoo.finetuning import FinetuneSettings
+
+    s = FinetuneSettings(mode="linear", eps=0.1)
+    assert (s.epochs, s.alpha, s.milestones, s.loss, s.select) == (25, 0.025, (15, 20), "clean", "val_clean")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.lr = 1.0
+    with pytest.raises(DataError, match="did you mean 'adv-full'"):
+        FinetuneSettings(mode="adv_full")
+    with pytest.raises(DataError, match="milestones"):
+        FinetuneSettings(epochs=4, milestones=(4,))
+    assert s.with_data(320).warmup == 2 and FinetuneSettings(schedule="cosine").with_data(320).warmup == 0
+    # the result's settings and the checkpoint's fingerprint are made from it
+    res = finetune(make_model(), data, checkpoint_dir=tmp_path, **(FAST | {"mode": "full"}))
+    expected = FinetuneSettings(mode="full", epochs=2, batch_size=32, eps=0.1, steps=1, eval_steps=1,
+                                lr=0.05).with_data(128).as_dict()
+    assert {k: res.settings[k] for k in expected} == expected
+    assert _fingerprint(tmp_path)["settings"]["lr"] == 0.05
+
+
+def test_progress_one_line_per_epoch_in_logs_bar_on_terminals_silent_when_off(data, capsys, monkeypatch):
+    finetune(make_model(), data, **(FAST | {"progress": True}))  # captured output: not a terminal
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["epoch 1", "epoch 2"], out
+    assert "\r" not in out + err and "train acc (whole epoch)" in out
+    finetune(make_model(), data, **FAST)  # progress=False
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(trainer, "_terminal", lambda: True)
+    finetune(make_model(), data, **(FAST | {"progress": True, "epochs": 1}))
+    out, err = capsys.readouterr()
+    assert "\r" in err and "train acc" in err and "examples seen this epoch" in err  # the live bar, labelled
+
+
+def test_a_new_mode_is_one_table_row(data, monkeypatch):
+    from robustzoo.finetune_settings import MODES, Mode
+
+    monkeypatch.setitem(MODES, "adv-partial", Mode("layer4", "pgd", 2))
+    model = make_model()
+    before = state(model)
+    res = finetune(model, data, **(FAST | {"mode": "adv-partial"}))
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed and all(k.startswith(("layer4.", "linear.")) for k in changed)
+    assert res.best_metric == "val_robust" and res.settings["mode"] == "adv-partial"

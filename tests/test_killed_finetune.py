@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -13,12 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustzoo.checkpoint import CHECKPOINT_NAME, tensor_digest
+
 SCRIPT = r'''
-import sys, torch
+import sys, time, torch
 from safetensors.torch import save_file
 import robustzoo
+import robustzoo.checkpoint as checkpoint
 torch.set_num_threads(1)
-ckpt, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+ckpt, out, resume, sleep = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4])
+write = checkpoint._write
+def slow_write(*args):  # widen the window between writing the temp file and the rename
+    write(*args)
+    time.sleep(sleep)
+checkpoint._write = slow_write
 g = torch.Generator().manual_seed(0)
 y = torch.arange(192) % 4
 x = (torch.rand(192, 1, 16, 16, generator=g) * 0.5 + 0.25 * (y.view(-1, 1, 1, 1) % 2)).clamp(0, 1)
@@ -32,18 +39,26 @@ print("DONE", res.best_epoch, [h["loss"] for h in res.history])
 
 
 def _start(script: Path, ckpt: Path, out: Path, resume: bool, sleep: float) -> subprocess.Popen:
-    env = dict(os.environ, ROBUSTZOO_TEST_CKPT_SLEEP=str(sleep))
-    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), "1" if resume else "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), "1" if resume else "0", str(sleep)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
+def _wait_for_temp(folder: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
     t0 = time.time()
     while time.time() - t0 < timeout and proc.poll() is None:
-        if path.exists():
+        if list(folder.glob(f".{CHECKPOINT_NAME}.*.tmp")):
             return True
         time.sleep(0.01)
     return False
+
+
+def _intact(path: Path) -> bool:
+    """The checkpoint's tensors and state still match the sha256 recorded when it was written."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    return tensor_digest(tensors, meta["state"], meta["fingerprint"]) == meta["sha256"]
 
 
 @pytest.mark.slow
@@ -56,7 +71,6 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     ref_out, ref_err = ref.communicate(timeout=300)
     assert ref.returncode == 0, ref_err
     ckpt, out = tmp_path / "killed", tmp_path / "killed.safetensors"
-    tmp = ckpt / "last.pt.tmp"
     rng = random.Random(0)
     kills = 0
     # kill 1 and 3: while a checkpoint is being written (the hook sleeps between write and rename);
@@ -64,7 +78,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     for plan in ("write", "random", "write", "random"):
         proc = _start(script, ckpt, out, True, 0.6)
         if plan == "write":
-            hit = _wait_for(tmp, proc)
+            hit = _wait_for_temp(ckpt, proc)
             time.sleep(0.1)
         else:
             time.sleep(rng.uniform(1.0, 4.0))
@@ -73,8 +87,8 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate(timeout=300)
-        if plan == "write" and (ckpt / "last.pt").exists():
-            torch.load(ckpt / "last.pt", weights_only=True)  # the previous checkpoint stayed intact
+        if plan == "write" and (ckpt / CHECKPOINT_NAME).exists():
+            assert _intact(ckpt / CHECKPOINT_NAME)  # the previous checkpoint stayed intact
     assert kills >= 2
     final = _start(script, ckpt, out, True, 0)
     stdout, stderr = final.communicate(timeout=300)

@@ -1,7 +1,7 @@
 """SIGKILL a pretraining process at random moments (also mid-checkpoint-write), resume, same result.
 
-The checkpoint write is slowed by a test hook (``ROBUSTZOO_TEST_CKPT_SLEEP``: a sleep between
-writing the temp file and the atomic rename), so a good share of the kills land inside a write.
+The checkpoint write is slowed by monkeypatching (a sleep after ``robustzoo.checkpoint._write`` has
+written the temp file, before the atomic rename), so a good share of the kills land inside a write.
 """
 
 from __future__ import annotations
@@ -22,9 +22,23 @@ ARGS = ["rot-adv-r18", "--width=0.0625", "--epochs=4", "--subset=48", "--batch_s
         "--val_attack_steps=1", "--dataset=synthetic-cifar", "--progress=False"]
 
 
-def _cmd(out: Path, resume: bool) -> list[str]:
-    return [sys.executable, str(ROOT / "training" / "pretrain.py"), *ARGS, f"--out_dir={out}",
-            *(["--resume"] if resume else [])]
+# runs training/pretrain.py as a script, with the checkpoint write slowed by SLEEP seconds
+WRAPPER = """
+import runpy, sys, time
+import robustzoo.checkpoint as checkpoint
+sleep, sys.argv = float(sys.argv[1]), sys.argv[2:]
+write = checkpoint._write
+def slow_write(*args):
+    write(*args)
+    time.sleep(sleep)
+checkpoint._write = slow_write
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _cmd(out: Path, resume: bool, sleep: float = 0.0) -> list[str]:
+    return [sys.executable, "-c", WRAPPER, str(sleep), str(ROOT / "training" / "pretrain.py"), *ARGS,
+            f"--out_dir={out}", *(["--resume"] if resume else [])]
 
 
 def _strip(path: Path) -> list[dict]:
@@ -43,12 +57,11 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     total = time.time() - t0 + 4 * 0.4  # the kill windows scale with the machine's speed
 
     out = tmp_path / "killed"
-    slow_env = dict(env, ROBUSTZOO_TEST_CKPT_SLEEP="0.5")
     rng = random.Random(0)
     # kill 1: inside a checkpoint write (the temp file exists, the rename has not happened);
     # kills 2-3: at random moments; then let the resumed run finish
     for attempt in range(4):
-        proc = subprocess.Popen(_cmd(out, True), env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(_cmd(out, True, 0.5), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if attempt == 0:
             deadline = time.time() + 300
             while not list(out.glob(".ckpt.safetensors.*.tmp")) and time.time() < deadline and proc.poll() is None:

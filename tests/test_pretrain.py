@@ -14,9 +14,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import training.pretrain as pretrain_mod  # noqa: E402
+from robustzoo.checkpoint import CheckpointError  # noqa: E402
 from robustzoo.registry import REGISTRY  # noqa: E402
+from robustzoo.schedules import augment  # noqa: E402
 from robustzoo.weights import load_file  # noqa: E402
-from training.data import augment, train_val_split  # noqa: E402
+from training.data import train_val_split  # noqa: E402
 from training.pretrain import lr_at, pretrain  # noqa: E402
 from training.recipes import RECIPES, RecipeError, parse_overrides, resolve  # noqa: E402
 from training.reproduce import reproduce  # noqa: E402
@@ -103,8 +106,8 @@ def test_split_is_held_out_and_seeded():
 def test_augment_crops_and_flips_on_device():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(augment(x, g, 0, False), x.float() / 255)
-    y = augment(x, g, 4, True)
+    assert torch.equal(augment(x, g, padding=0, flip=False), x.float() / 255)
+    y = augment(x, g, padding=4, flip=True)
     assert y.shape == (64, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
     # every output is a shifted (maybe flipped) copy: its interior appears in the padded original
     xf = torch.nn.functional.pad(x.float() / 255, (4, 4, 4, 4))
@@ -118,7 +121,7 @@ def test_augment_crops_and_flips_on_device():
 # --------------------------------------------------------------------------------- pretraining
 
 
-def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path):
+def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path, monkeypatch):
     recipe = resolve("jig-adv-r18", [*TINY, "--epochs=2", f"--out_dir={tmp_path / 'a'}"])
     report = pretrain(recipe)
     out = tmp_path / "a"
@@ -135,7 +138,16 @@ def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path):
 
     # stop after epoch 1 (as if killed), resume: identical weights and metrics
     b = replace(recipe, out_dir=str(tmp_path / "b"))
-    assert pretrain(b, stop_after=1) == {"stopped_after": 1}
+    original = pretrain_mod._save
+
+    def killed_after_epoch_1(path, model, best, opt, state, fingerprint):
+        original(path, model, best, opt, state, fingerprint)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_mod, "_save", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(b)
+    monkeypatch.setattr(pretrain_mod, "_save", original)
     pretrain(b, resume=True)
     ta, tb = _tensors(out / "pretext.safetensors"), _tensors(tmp_path / "b" / "pretext.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -143,7 +155,7 @@ def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path):
     read = lambda p: [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]  # noqa
     assert strip(read(out)) == strip(read(tmp_path / "b"))
 
-    with pytest.raises(RecipeError, match="different recipe"):
+    with pytest.raises(CheckpointError, match=r"different run: recipe\.lr: 0\.1 in the checkpoint, 0\.05 now"):
         pretrain(replace(b, lr=0.05), resume=True)
 
 

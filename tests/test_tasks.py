@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet  # noqa: E402
 from training.ensemble import logdet_penalty  # noqa: E402
 from training.recipes import resolve  # noqa: E402
-from training.selfie import SelfieTransformer  # noqa: E402
+from training.selfie_net import SelfieTransformer  # noqa: E402
 from training.tasks import (  # noqa: E402
     Jigsaw,
     PretextModel,
@@ -217,3 +217,50 @@ def test_selfie_loss_options():
     assert not torch.allclose(losses["logits"], losses["double-softmax"])
     with pytest.raises(ValueError, match="selfie loss"):
         Selfie(bb, loss="softmax")
+
+
+def test_training_package_has_no_import_cycle():
+    """Every ``import training.x`` / ``from training(.x) import y``, at any depth of the file (lazy ones too)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "training"
+    mods = {p.stem for p in root.glob("*.py")}
+    graph = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse((root / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "training":
+                deps |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("training.")}
+        graph[m] = deps - {m}
+
+    def cycle_from(start, node, seen):
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return [*seen, nxt]
+            if nxt not in seen:
+                found = cycle_from(start, nxt, [*seen, nxt])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, m, [m]))]
+    assert not cycles, cycles[0]
+
+
+def test_a_new_task_is_one_table_row(monkeypatch, tmp_path):
+    from training import rotation
+    from training.pretrain import pretrain
+    from training.tasks import TASKS, TaskRow
+
+    monkeypatch.setitem(TASKS, "rotation-copy", TaskRow(rotation.build, trains_layer4=False))
+    recipe = resolve("rot-std-r18", ["--task=rotation-copy", "--width=0.0625", "--epochs=1", "--subset=32",
+                                     "--batch_size=16", "--dataset=synthetic-cifar", "--progress=False",
+                                     f"--out_dir={tmp_path}"])
+    report = pretrain(recipe)
+    assert report["task"] == "rotation-copy"
+    meta = __import__("robustzoo").load_file(tmp_path).pretrained_meta
+    assert meta["pretrained_modules"].endswith("layer3")  # the row says layer4 is not trained by it

@@ -11,7 +11,11 @@ import torch
 
 from robustzoo.attacks import pgd
 from robustzoo.models import ResNet
-from training.tasks import Jigsaw, PretextTask, Rotation, Selfie
+from training import jigsaw, selfie
+from training.jigsaw import Jigsaw
+from training.pretext import PretextTask
+from training.rotation import Rotation
+from training.selfie import Selfie
 
 __all__ = ["Ensemble", "logdet_penalty"]
 
@@ -121,3 +125,10 @@ class Ensemble(PretextTask):
 
     def export_metadata(self):
         return self.jigsaw.export_metadata()
+
+
+def build(backbone: ResNet, pretext, seed: int) -> Ensemble:
+    """The task-table builder: the three tasks' settings plus the penalty's weight and signs."""
+    return Ensemble(backbone, lam=pretext.ensemble_lambda, attack_sign=pretext.ensemble_attack_sign,
+                    train_sign=pretext.ensemble_train_sign, jigsaw=jigsaw.settings(pretext, seed),
+                    selfie=selfie.settings(pretext))

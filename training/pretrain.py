@@ -23,9 +23,8 @@ over ranks at each epoch end).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,167 +33,65 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from robustzoo.checkpoint import (  # noqa: E402
+    CHECKPOINT_NAME,
+    RunLock,
+    capture_rng,
+    data_digest,
+    describe_model,
+    load_checkpoint,
+    pack_optimizer,
+    prefixed,
+    restore_rng,
+    save_checkpoint,
+    tensor_digest,
+    unpack_optimizer,
+)
+from robustzoo.errors import RobustZooError  # noqa: E402
 from robustzoo.models import ResNet  # noqa: E402
+from robustzoo.schedules import augment  # noqa: E402
+from robustzoo.trainer import run_iterations  # noqa: E402
 from robustzoo.weights import atomic_write  # noqa: E402
-from training.checkpoint import export, git_commit, load_checkpoint, save_checkpoint, write_jsonl  # noqa: E402
-from training.data import augment, load_images, train_val_split  # noqa: E402
+from training.checkpoint import export, git_commit, write_jsonl  # noqa: E402
+from training.data import load_images, train_val_split  # noqa: E402
 from training.recipes import Recipe, RecipeError, resolve  # noqa: E402
+from training.step import (  # noqa: E402,F401  (generator, lr_at, train_step: also imported from here)
+    average_bn_stats,
+    evaluate_pretext,
+    generator,
+    lr_at,
+    setup,
+    train_step,
+)
 from training.tasks import PretextModel, make_task  # noqa: E402
-
-# ----------------------------------------------------------------------------------------- setup
-
-
-def setup(recipe: Recipe) -> tuple[torch.device, int, int]:
-    """Device and (rank, world); joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and recipe.device in ("auto", "cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    else:
-        device = torch.device("cpu" if recipe.device == "auto" else recipe.device)
-    return device, rank, world
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def generator(device: torch.device, *seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(hash(seed) % (2**62))
-
-
-# ------------------------------------------------------------------------------------- optimiser
-
-
-def lr_at(recipe: Recipe, epoch: int, it: int, iters: int) -> float:
-    """Warm-up in epoch 0 (hard-coded 0.01 -> 0.1 in the paper), else per-iteration cosine to final_lr."""
-    if recipe.warmup_iters and epoch == 0:
-        return min(recipe.warmup_from + it * (recipe.warmup_to - recipe.warmup_from) / recipe.warmup_iters,
-                   recipe.warmup_to)
-    floor = recipe.final_lr / recipe.lr
-    t = (epoch * iters + it) / max(1, recipe.epochs * iters)
-    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for g, v in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(v)
-
-
-def average_bn_stats(model: torch.nn.Module, world: int) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
-                buf /= world
-
-
-def train_step(model: PretextModel, opt, params, recipe: Recipe, x, g, g_atk, shard: slice, *, amp: bool,
-               cl: bool, world: int = 1):
-    """One optimisation step on the augmented global batch ``x`` (this rank's ``shard`` of it).
-
-    Pretext batch -> (adversarial: PGD on the task loss, train mode) -> (clean + adv) / 2 -> SGD.
-    Returns the device-side (loss sum, correct sums) of the clean and adversarial passes.
-    """
-    inputs, targets = model.task.make_batch(x, g, shard)
-    if cl:
-        inputs = _to_cl(inputs)
-    adv = None
-    if recipe.adversarial:
-        adv = model.task.attack(model, inputs, targets, eps=recipe.eps, alpha=recipe.alpha,
-                                steps=recipe.attack_steps, mode=recipe.attack_mode, generator=g_atk, amp=amp)
-    model.train()
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-        loss, clean, robust = model(inputs, targets, adv)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if world > 1:
-        allreduce_grads(params, world)
-    opt.step()
-    return clean, robust
-
-
-
-
-# ------------------------------------------------------------------------------------------ eval
-
-
-@torch.no_grad()
-def evaluate_pretext(model, x_val, recipe: Recipe, device, rank: int, world: int, amp: bool,
-                     prefix: str = "val") -> dict:
-    """Clean (and, for adversarial recipes, PGD-``val_attack_steps`` eval-mode) pretext accuracy on the
-    held-out split. Pretext labels of eval batch b come from seed (seed, b): fixed across epochs and ranks."""
-    model.eval()
-    tsk, bs, n_t = model.task, recipe.eval_batch_size, len(model.task.metric_names)
-    sums = torch.zeros(2, n_t + 1, device=device)  # rows: clean, robust; last column: count
-    for b in range(rank, math.ceil(len(x_val) / bs), world):
-        g = generator(device, recipe.seed, 999_983, b)
-        xb = x_val[b * bs:(b + 1) * bs]
-        inputs, targets = tsk.make_batch(augment(xb, g, 0, False), g)
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            sums[0, :n_t] += tsk.per_sample(model.backbone, inputs, targets)[1].sum(0)
-        sums[:, n_t] += len(xb)
-        if recipe.adversarial:
-            with torch.enable_grad():
-                adv = tsk.eval_attack(model, inputs, targets, eps=recipe.eps, alpha=recipe.alpha,
-                                      steps=recipe.val_attack_steps, mode="eval", generator=g, amp=amp)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                sums[1, :n_t] += tsk.per_sample(model.backbone, adv, targets)[1].sum(0)
-    if world > 1:
-        dist.all_reduce(sums)
-    acc = (sums[:, :n_t] / sums[:, n_t:]).tolist()
-    out = {f"{prefix}_clean_{k}": a for k, a in zip(tsk.metric_names, acc[0])}
-    if recipe.adversarial:
-        out.update({f"{prefix}_robust_{k}": a for k, a in zip(tsk.metric_names, acc[1])})
-    out[f"{prefix}_score"] = sum(acc[1 if recipe.adversarial else 0]) / n_t  # selection: robust if adversarial
-    return out
-
 
 # ------------------------------------------------------------------------------------------ main
 
 
-def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = None) -> dict:
+def pretrain(recipe: Recipe, *, resume: bool = False) -> dict:
     """Run one pretext pretraining; returns the report (also written to ``report.json``).
 
-    ``resume`` continues from ``<out_dir>/ckpt.safetensors`` when it exists. ``stop_after`` (tests)
-    returns right after the checkpoint of that epoch, as if the process had been killed there.
+    ``resume`` continues from ``<out_dir>/ckpt.safetensors`` when it exists, after verifying it
+    (:func:`robustzoo.checkpoint.load_checkpoint`: content hash, then the run's fingerprint: recipe,
+    model, starting weights, data). One run per folder: a second process gets a ``CheckpointError``.
     """
     if recipe.kind != "backbone" or recipe.task == "none":
         raise RecipeError(f"{recipe.name!r} is not a pretext recipe (kind={recipe.kind}); use reproduce.py")
     device, rank, world = setup(recipe)
     out = Path(recipe.out_dir or f"runs/{recipe.name}")
-    amp = device.type == "cuda" and recipe.bf16
-    cl = device.type == "cuda" and recipe.channels_last
     if recipe.batch_size % world:
         raise RecipeError(f"batch_size {recipe.batch_size} is not divisible by the {world} ranks")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        info = dict(recipe=recipe.to_dict(), git_commit=git_commit(), world_size=world, torch=torch.__version__)
-        atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    with RunLock(out) if rank == 0 else contextlib.nullcontext():
+        return _pretrain(recipe, resume, out, device, rank, world)
 
-    # data: uint8 on the device, held-out split from the training set
-    x_all, _ = load_images(recipe, "train")
-    tr, va = train_val_split(recipe, len(x_all))
-    x_train, x_val = x_all[tr].to(device), x_all[va].to(device)
-    iters = len(x_train) // recipe.batch_size
-    if iters == 0:
-        raise RecipeError(f"{len(x_train)} training images < batch_size {recipe.batch_size}")
-    local = recipe.batch_size // world
-    shard = slice(rank * local, (rank + 1) * local)
 
-    # model
+def _build(recipe: Recipe, device, world: int, cl: bool) -> PretextModel:
+    m = recipe.model
     torch.manual_seed(recipe.seed)  # same init on every rank
-    backbone = ResNet(recipe.arch, num_classes=0, in_chans=recipe.in_chans, width=recipe.width)
-    model = PretextModel(backbone, make_task(recipe, backbone), freeze_bn=recipe.bn == "frozen").to(device)
-    if recipe.bn == "sync":
+    backbone = ResNet(m.arch, num_classes=0, in_chans=m.in_chans, width=m.width)
+    model = PretextModel(backbone, make_task(recipe.pretext, backbone, recipe.seed), freeze_bn=m.bn == "frozen")
+    model = model.to(device)
+    if m.bn == "sync":
         if world == 1 or device.type != "cuda":
             raise RecipeError("--bn=sync needs CUDA and more than one rank")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -202,6 +99,48 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
         model = model.to(memory_format=torch.channels_last)
     if recipe.compile:
         model.backbone.compile()
+    return model
+
+
+def _save(path: Path, model, best: dict, opt, state: dict, fingerprint: dict) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best/{k}": v for k, v in best.items()})
+    optim, packed = pack_optimizer(opt)
+    tensors.update(optim)
+    tensors.update(capture_rng({}))  # torch's global RNG (dropout); the epoch generators are re-seeded
+    save_checkpoint(path, tensors, dict(state, optimizer=packed), fingerprint)
+
+
+def _restore(path: Path, model, opt, fingerprint: dict) -> tuple[dict, dict]:
+    ckpt = load_checkpoint(path, fingerprint)  # verified before anything touches the model
+    model.load_state_dict(prefixed(ckpt.tensors, "model"))
+    unpack_optimizer(opt, ckpt.tensors, ckpt.state.pop("optimizer"))
+    restore_rng({}, ckpt.tensors)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in prefixed(ckpt.tensors, "best").items()}, ckpt.state
+
+
+def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world: int) -> dict:
+    amp = device.type == "cuda" and recipe.bf16
+    cl = device.type == "cuda" and recipe.channels_last
+    if rank == 0:
+        info = dict(recipe=recipe.to_dict(), git_commit=git_commit(), world_size=world, torch=torch.__version__)
+        atomic_write(out / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+
+    # data: uint8 on the device, held-out split from the training set
+    x_all, _ = load_images(recipe.data, "train", recipe.model.in_chans)
+    tr, va = train_val_split(recipe.data, len(x_all), recipe.seed)
+    x_train, x_val = x_all[tr].to(device), x_all[va].to(device)
+    iters = len(x_train) // recipe.batch_size
+    if iters == 0:
+        raise RecipeError(f"{len(x_train)} training images < batch_size {recipe.batch_size}")
+    local = recipe.batch_size // world
+    shard = slice(rank * local, (rank + 1) * local)
+    model = _build(recipe, device, world, cl)
+    evaluation = dict(batch_size=recipe.eval_batch_size, seed=recipe.seed, device=device, rank=rank, world=world,
+                      amp=amp)
+    fingerprint = {"recipe": _semantic(json.loads(json.dumps(recipe.to_dict()))), "model": describe_model(
+        model.backbone), "weights": tensor_digest(model.state_dict()), "data": data_digest(x_all[tr])}
 
     # optimiser: SGD over every parameter, weight decay on all of them (as the official code)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,78 +149,38 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     start, history = 0, []
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_score, best_epoch = -1.0, -1
-    ckpt = out / "ckpt.safetensors"
+    ckpt = out / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        best, state = load_checkpoint(ckpt, model, opt, device)
-        if _semantic(state["recipe"]) != _semantic(json.loads(json.dumps(recipe.to_dict()))):
-            raise RecipeError(f"{ckpt} was written by a different recipe; use another --out_dir")
+        best, state = _restore(ckpt, model, opt, fingerprint)
         start, history, best_score, best_epoch = state["epoch"], state["history"], state["best"], state["best_epoch"]
 
     # loop
-    from tqdm import tqdm
-
     t_start = time.time()
     for epoch in range(start, recipe.epochs):
-        model.train()
-        g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
-        g_atk = generator(device, recipe.seed, epoch, rank, 1)  # attack random starts: per rank
-        torch.manual_seed(hash((recipe.seed, epoch, rank)) % (2**62))  # dropout (selfie transformer)
-        order = torch.randperm(len(x_train), generator=g, device=device)
-        stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
         t0 = time.time()
-        for it in tqdm(range(iters), desc=f"epoch {epoch}", disable=not recipe.progress or rank > 0, leave=False):
-            lr = lr_at(recipe, epoch, it, iters)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = augment(x_train[order[it * recipe.batch_size:(it + 1) * recipe.batch_size]], g, recipe.crop_pad,
-                        recipe.flip)
-            clean, robust = train_step(model, opt, params, recipe, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
-            stats[0, 0] += clean[0]
-            stats[0, 1:] += clean[1]
-            if robust is not None:
-                stats[1, 0] += robust[0]
-                stats[1, 1:] += robust[1]
+        stats, lr = _train_epoch(model, opt, params, recipe, x_train, epoch, shard, rank, world, amp=amp, cl=cl)
 
         # eval: one host sync per epoch
         if world > 1:
             dist.all_reduce(stats)
             if recipe.bn == "batch":
                 average_bn_stats(model, world)
-        n = iters * recipe.batch_size
-        s = (stats / n).tolist()  # the epoch's one host sync
-        train_seconds = time.time() - t0
-        row = {"epoch": epoch, "lr": lr, "train_loss": s[0][0],
-               **{f"train_clean_{k}": a for k, a in zip(model.task.metric_names, s[0][1:])}}
-        if recipe.adversarial:
-            row.update({"train_adv_loss": s[1][0],
-                        **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
-        row.update(evaluate_pretext(model, x_val, recipe, device, rank, world, amp))
+        row = _epoch_row(model, recipe, epoch, lr, stats, iters, t0)  # the epoch's one host sync
+        row.update(evaluate_pretext(model, x_val, recipe.attack, **evaluation))
         row["seconds"] = time.time() - t0
-        row["images_per_s"] = n / train_seconds  # training only, validation excluded
         history.append(row)
         if row["val_score"] > best_score:
             best_score, best_epoch = row["val_score"], epoch
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if rank == 0:
-            state = dict(epoch=epoch + 1, history=history, best=best_score, best_epoch=best_epoch,
-                         recipe=recipe.to_dict())
-            save_checkpoint(ckpt, model, best, opt, state)
+            state = dict(epoch=epoch + 1, history=history, best=best_score, best_epoch=best_epoch)
+            _save(ckpt, model, best, opt, state, fingerprint)
             write_jsonl(out / "metrics.jsonl", history)
             if recipe.progress:
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-        if stop_after is not None and epoch + 1 >= stop_after:
-            return {"stopped_after": epoch + 1}
 
-    # save: the best epoch's weights (selection on the held-out split), tested once on the test split
-    model.load_state_dict(best)
-    x_test = load_images(recipe, "test")[0]
-    x_test = (x_test[: recipe.test_n] if recipe.test_n else x_test).to(device)
-    test = evaluate_pretext(model, x_test, recipe, device, rank, world, amp, prefix="test")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,
-                  test=test, epochs=recipe.epochs, world_size=world, device=name,
-                  git_commit=git_commit(), seconds=time.time() - t_start, recipe=recipe.to_dict(),
-                  history=history, out_dir=str(out))
+    report = _test_report(model, best, recipe, device, evaluation, out, world=world, best_epoch=best_epoch,
+                          best_score=best_score, history=history, seconds=time.time() - t_start)
     if rank == 0:
         export(model, recipe, out, report)
     if world > 1:
@@ -289,10 +188,59 @@ def pretrain(recipe: Recipe, *, resume: bool = False, stop_after: int | None = N
     return report
 
 
-def _to_cl(inputs):
-    if isinstance(inputs, tuple):
-        return tuple(_to_cl(i) for i in inputs)
-    return inputs.contiguous(memory_format=torch.channels_last)
+def _test_report(model, best: dict, recipe: Recipe, device, evaluation: dict, out: Path, *, world: int,
+                 best_epoch: int, best_score: float, history: list, seconds: float) -> dict:
+    # save: the best epoch's weights (selection on the held-out split), tested once on the test split
+    model.load_state_dict(best)
+    x_test = load_images(recipe.data, "test", recipe.model.in_chans)[0]
+    x_test = (x_test[: recipe.test_n] if recipe.test_n else x_test).to(device)
+    test = evaluate_pretext(model, x_test, recipe.attack, **evaluation, prefix="test")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = dict(name=recipe.name, task=recipe.task, best_epoch=best_epoch, best_val_score=best_score,
+                  test=test, epochs=recipe.epochs, world_size=world, device=name,
+                  git_commit=git_commit(), seconds=seconds, recipe=recipe.to_dict(),
+                  history=history, out_dir=str(out))
+    return report
+
+
+def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard: slice, rank: int, world: int, *,
+                 amp: bool, cl: bool):
+    """One epoch of :func:`training.step.train_step` through the loop fine-tuning uses too
+    (:func:`robustzoo.trainer.run_iterations`); returns the device-side sums and the last lr."""
+    device, bs = x_train.device, recipe.batch_size
+    model.train()
+    g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
+    g_atk = generator(device, recipe.seed, epoch, rank, 1)  # attack random starts: per rank
+    torch.manual_seed(hash((recipe.seed, epoch, rank)) % (2**62))  # dropout (selfie transformer)
+    order = torch.randperm(len(x_train), generator=g, device=device)
+    stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
+    iters = len(x_train) // bs
+
+    def step(it: int) -> None:  # pretraining's step: the pretext batch, (PGD), one SGD step
+        x = augment(x_train[order[it * bs:(it + 1) * bs]], g, padding=recipe.crop_pad, flip=recipe.flip)
+        clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
+        stats[0, 0] += clean[0]
+        stats[0, 1:] += clean[1]
+        if robust is not None:
+            stats[1, 0] += robust[0]
+            stats[1, 1:] += robust[1]
+
+    lr = run_iterations(iters, opt, step, lr_at=lambda it: lr_at(recipe.optim, epoch, it, iters),
+                        desc=f"epoch {epoch}", live=recipe.progress and rank == 0 and sys.stderr.isatty())
+    return stats, lr
+
+
+def _epoch_row(model, recipe: Recipe, epoch: int, lr: float, stats, iters: int, t0: float) -> dict:
+    """The epoch's training metrics (the epoch's one host sync) and its throughput."""
+    n = iters * recipe.batch_size
+    s = (stats / n).tolist()
+    row = {"epoch": epoch, "lr": lr, "train_loss": s[0][0],
+           **{f"train_clean_{k}": a for k, a in zip(model.task.metric_names, s[0][1:])}}
+    if recipe.adversarial:
+        row.update({"train_adv_loss": s[1][0],
+                    **{f"train_adv_{k}": a for k, a in zip(model.task.metric_names, s[1][1:])}})
+    row["images_per_s"] = n / (time.time() - t0)  # training only, validation excluded
+    return row
 
 
 def _semantic(recipe: dict) -> dict:
@@ -310,7 +258,7 @@ def main(argv: list[str]) -> None:
     try:
         recipe = resolve(argv[0], [a for a in argv[1:] if a != "--resume"])
         pretrain(recipe, resume=resume)
-    except RecipeError as e:
+    except RobustZooError as e:  # recipe, data and checkpoint errors: one line, no traceback
         raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized():

@@ -37,124 +37,21 @@ the closest key names, and a value of the wrong type raises (ints are accepted f
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
-from robustzoo.errors import RobustZooError
 from robustzoo.registry import ARCH_TAGS, TASK_TAGS
+from training.recipe import FLAT_KEYS, Recipe, RecipeError
+from training.tasks import TASKS
 
 __all__ = ["Recipe", "RECIPES", "RecipeError", "resolve", "parse_overrides", "PRETEXT_TASKS"]
 
-PRETEXT_TASKS = ("rotation", "jigsaw", "selfie", "ensemble")
-
-
-class RecipeError(RobustZooError, ValueError):
-    """An unknown recipe, an unknown override key or a value of the wrong type."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """All settings of one run. Defaults reproduce rotation-adv pretraining of a CIFAR-10 ResNet-50v2."""
-
-    name: str = ""
-    kind: str = "backbone"  # "backbone" (pretext pretraining) | "classifier" (fine-tune) | "ensemble"
-    task: str = "rotation"  # rotation | jigsaw | selfie | ensemble | none
-    # model
-    arch: str = "resnet50v2"
-    width: float = 1.0  # multiplier on every stage width (0.0625 in tests, 0.25 for the Fashion-MNIST zoo)
-    in_chans: int = 3
-    # data
-    dataset: str = "cifar10"  # any robustzoo.data.load_data name, or "synthetic-cifar" / "synthetic-fmnist"
-    data_root: str = ""
-    subset: int = 0  # use only this many training images (0 = all); taken before the validation split
-    test_n: int = 0  # final pretext test evaluation on the first N test images (0 = all; CPU benchmarks)
-    val_fraction: float = 0.1  # held out from the training set for model selection (paper: 5k of 50k)
-    crop_pad: int = 4  # RandomCrop(32, padding=4) (the selfie scripts pad 2 and do not flip)
-    flip: bool = True
-    # optimisation (per-iteration schedule, as the official LambdaLR)
-    epochs: int = 100
-    batch_size: int = 128  # global batch; split evenly over data-parallel ranks
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4
-    final_lr: float = 1e-6  # cosine floor: lr * [f + (1 - f) * 0.5 * (1 + cos(pi t / T))], f = final_lr / lr
-    warmup_iters: int = 200  # epoch 0 only: lr_i = min(warmup_from + i * (warmup_to - warmup_from) / iters, to)
-    warmup_from: float = 0.01  # hard-coded 0.01 -> 0.1 in the official code, whatever --lr says
-    warmup_to: float = 0.1
-    # adversarial pretraining (std vs adv is this switch, not a different script)
-    adversarial: bool = False
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    attack_steps: int = 10
-    attack_mode: str = "train"  # the paper attacks in train mode (BN batch stats, dropout on)
-    val_attack_steps: int = 20
-    # task settings
-    grid: int = 4  # 4x4 patches for jigsaw and selfie (8x8 on 32x32, 7x7 on 28x28)
-    jigsaw_classes: int = 31
-    jigsaw_identity_prob: float = 0.1  # extra probability of the identity (paper: bias 0.9)
-    selfie_masked: int = 4
-    selfie_layers: int = 13
-    selfie_heads: int = 16
-    selfie_d_model: int = 0  # 0 = the backbone's layer3 width (1024 for ResNet-50v2)
-    selfie_d_ff: int = 0  # 0 = 2 * d_model (2048 in the paper)
-    selfie_dropout: float = 0.1
-    selfie_loss: str = "scaled-logits"  # CE on logits/sqrt(d); "double-softmax" = the code; "logits" diverges
-    ensemble_lambda: float = 0.1
-    ensemble_attack_sign: float = 1.0  # +1 (code): attacker maximises L + lam*h ...
-    ensemble_train_sign: float = 1.0  # ... and the trainer minimises L + lam*h (spec 3, sign caveat)
-    # fine-tuning (classifiers): the paper's finetune/main.py, Madry PGD-10 adversarial full fine-tuning
-    finetune: str = ""  # "" (pretext only) | "adv-full"
-    parents: tuple = ()  # registry names this weight is built from
-    num_classes: int = 10
-    ft_epochs: int = 100
-    ft_batch_size: int = 128
-    ft_lr: float = 0.1
-    ft_weight_decay: float = 3e-4
-    ft_milestones: tuple = ()  # () = 60 % and 80 % of ft_epochs: the paper's 60, 80 of 100
-    ft_seed: int = 20
-    ft_padding: int = 4  # fine-tuning augmentation: RandomCrop(32, 4) + flip for every parent task
-    ft_flip: bool = True
-    eval_attacks: tuple = ("clean", "pgd20")
-    # system
-    seed: int = 22  # README commands use --seed 22 (selfie's script default is 10)
-    device: str = "auto"  # "auto" = cuda if available else cpu
-    bf16: bool = True  # autocast on CUDA only (CPU runs stay fp32 for exactness)
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile the backbone (not with the ensemble's double back-prop)
-    bn: str = "batch"  # "batch" (per-rank BN, the default) | "sync" (SyncBatchNorm, CUDA) | "frozen"
-    eval_batch_size: int = 512
-    out_dir: str = ""  # default runs/<name>
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.task in (*PRETEXT_TASKS, "none"), f"task must be one of {PRETEXT_TASKS + ('none',)}"),
-            (self.kind in ("backbone", "classifier", "ensemble"), "kind must be backbone, classifier or ensemble"),
-            (self.bn in ("batch", "sync", "frozen"), "bn must be 'batch', 'sync' or 'frozen'"),
-            (self.selfie_loss in ("double-softmax", "logits", "scaled-logits"),
-             "selfie_loss must be 'double-softmax', 'logits' or 'scaled-logits'"),
-            (self.attack_mode in ("train", "eval"), "attack_mode must be 'train' or 'eval'"),
-            (self.finetune in ("", "adv-full"), "finetune must be '' or 'adv-full'"),
-            (self.epochs >= 0 and self.batch_size >= 1, "epochs >= 0 and batch_size >= 1"),
-            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
-            (self.width > 0 and self.subset >= 0, "width > 0 and subset >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise RecipeError(f"recipe {self.name!r}: {msg}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-_FIELDS = {f.name: f for f in fields(Recipe)}
+PRETEXT_TASKS = tuple(TASKS)
+_SHORT = {task: tag for tag, task in TASK_TAGS.items()}  # "rotation" -> "rot"; the one map lives in the registry
 
 
 def _pretext(task: str, mode: str, arch: str) -> Recipe:
-    short = {long: tag for tag, long in TASK_TAGS.items()}[task]
-    kw: dict = dict(name=f"{short}-{mode}-{arch}", task=task, arch=ARCH_TAGS[arch],
+    kw: dict = dict(name=f"{_SHORT[task]}-{mode}-{arch}", task=task, arch=ARCH_TAGS[arch],
                     adversarial=mode == "adv", epochs=200 if mode == "std" else 100)
     if task == "jigsaw" and mode == "std":
         kw.update(weight_decay=5e-4)
@@ -176,14 +73,14 @@ def _classifier(name: str, arch: str, parent: str | None) -> Recipe:
 def _build() -> dict[str, Recipe]:
     out: dict[str, Recipe] = {}
     for arch in ("r18", "r50"):
-        for task in ("rotation", "jigsaw", "selfie"):
+        for task in ("rotation", "jigsaw", "selfie"):  # std and adv; the ensemble is adv only
             for mode in ("std", "adv"):
                 r = _pretext(task, mode, arch)
                 out[r.name] = r
         r = _pretext("ensemble", "adv", arch)
         out[r.name] = r
         out[f"at-baseline-{arch}"] = _classifier(f"at-baseline-{arch}", arch, None)
-        for t in ("rot", "jig", "selfie", "ens"):
+        for t in _SHORT.values():
             out[f"{t}-adv-aft-{arch}"] = _classifier(f"{t}-adv-aft-{arch}", arch, t)
         out[f"ens3-aft-{arch}"] = replace(
             out[f"at-baseline-{arch}"], name=f"ens3-aft-{arch}", kind="ensemble", task="ensemble", finetune="",
@@ -247,8 +144,8 @@ def parse_overrides(args: list[str], base: Recipe | None = None) -> dict:
             raise RecipeError(f"overrides look like --key=value, got {arg!r}")
         key, raw = arg[2:].split("=", 1)
         key = key.replace("-", "_")
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(key, list(_FIELDS), n=3)
+        if key not in FLAT_KEYS:
+            close = difflib.get_close_matches(key, list(FLAT_KEYS), n=3)
             hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
             raise RecipeError(f"unknown recipe key --{key}{hint}")
         out[key] = _coerce(key, raw, getattr(base, key))

@@ -1,18 +1,4 @@
-"""The Selfie transformer ("attention pooling") of Chen et al. (CVPR 2020), used for Selfie pretraining.
-
-Selfie (Trinh et al., 2019, "Selfie: Self-supervised Pretraining for Image Embedding") masks some
-patches of an image and asks the network which of the held-out patches belongs in each masked
-slot. Chen et al. encode every patch with the ResNet trunk (stem + layer1-3, pooled), feed the
-*visible* patch features through a stack of post-LN transformer encoder layers with a learned
-summary token ``u0`` prepended, and add row/column position embeddings of the masked slots to the
-summary output to build one query per slot (official code ``TAMU-VITA/Adv-SS-Pretraining``,
-``pretraining/attention_pooling/*``, ``SelfieModel``).
-
-As coded: 13 encoder layers (``n_layers=12`` + 1), 16 heads of d_k = d_v = 64, d_model 1024 (the
-ResNet-50v2 layer3 width), d_ff 2048, dropout 0.1, GELU (tanh), post-LN, no positional encoding on
-the visible tokens, ``u0`` and ``column_embeddings`` initialised to zeros, ``row_embeddings`` to
-N(0, 1); 109,207,552 parameters. All sizes are arguments so tiny widths work in tests.
-"""
+"""Selfie (Trinh et al. 2019), as the official selfie pretraining code does it (spec 2.5)."""
 
 from __future__ import annotations
 
@@ -22,99 +8,79 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SelfieTransformer", "EncoderLayer"]
+from robustzoo.models import ResNet
+from training.pretext import PretextTask, split_patches, trunk, trunk_width
+from training.selfie_net import SelfieTransformer
+
+__all__ = ["Selfie"]
 
 
-class EncoderLayer(nn.Module):
-    """Post-LN encoder layer: multi-head self-attention then a position-wise FFN, each ``LN(x + f(x))``.
+class Selfie(PretextTask):
+    """Selfie (spec 2.5): 4 of 16 patches masked, one mask pattern per batch, pick the right patch per slot.
 
-    The FFN's two ``Conv1d(k=1)`` of the official code are :class:`~torch.nn.Linear` here (the same
-    map and parameter count, without the transposes).
+    Every patch goes through :func:`trunk` (stem + layer1-3) and global average pooling; the 12
+    visible features (in the order of the drawn permutation) feed the transformer, whose 4 queries
+    are scored by dot product against the 4 masked patches' features. The loss is the *sum* over
+    the 4 positions of a 4-way cross-entropy (paper). ``loss`` chooses what the CE is applied to:
+
+    * ``"double-softmax"`` (default, the official code): CE on softmax *probabilities*, a bounded loss
+      (spec 7.7);
+    * ``"logits"``: CE on the raw dot products. The scores are unbounded (layer3 outputs are not
+      normalised) and with the paper's SGD at lr 0.1 this diverged to NaN within one epoch in our
+      tiny check (README), which is presumably why the code's double softmax trains at all;
+    * ``"scaled-logits"``: CE on dot products / sqrt(d) (the usual attention temperature); stable,
+      and it learned faster than double softmax in the same check. Not the paper.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_k: int, d_ff: int, dropout: float) -> None:
+    name, metric_names = "selfie", ("selfie",)
+    LOSSES = ("double-softmax", "logits", "scaled-logits")
+
+    def __init__(self, backbone: ResNet, *, grid: int = 4, masked: int = 4, n_layers: int = 13, n_heads: int = 16,
+                 d_model: int = 0, d_ff: int = 0, dropout: float = 0.1, loss: str = "double-softmax") -> None:
         super().__init__()
-        self.n_heads, self.d_k, self.dropout = n_heads, d_k, dropout
-        self.w_qs = nn.Linear(d_model, n_heads * d_k)
-        self.w_ks = nn.Linear(d_model, n_heads * d_k)
-        self.w_vs = nn.Linear(d_model, n_heads * d_k)
-        self.fc = nn.Linear(n_heads * d_k, d_model)
-        self.ln_attn = nn.LayerNorm(d_model)
-        self.w_1 = nn.Linear(d_model, d_ff)
-        self.w_2 = nn.Linear(d_ff, d_model)
-        self.ln_ffn = nn.LayerNorm(d_model)
-        # The attention-is-all-you-need-pytorch initialisation that the official code inherits.
-        std = math.sqrt(2.0 / (d_model + d_k))
-        for w in (self.w_qs, self.w_ks, self.w_vs):
-            nn.init.normal_(w.weight, mean=0.0, std=std)
-        nn.init.xavier_normal_(self.fc.weight)
+        if loss not in self.LOSSES:
+            raise ValueError(f"selfie loss must be one of {self.LOSSES}, got {loss!r}")
+        self.grid, self.masked, self.loss = grid, masked, loss
+        width = trunk_width(backbone)
+        d_model = d_model or width
+        self.proj = nn.Identity() if d_model == width else nn.Linear(width, d_model)  # only if resized
+        self.transformer = SelfieTransformer(d_model, n_layers, n_heads, d_ff, dropout, grid)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        heads = lambda t: t.view(b, n, self.n_heads, self.d_k).transpose(1, 2)  # noqa: E731  (B, h, N, d_k)
-        q, k, v = heads(self.w_qs(x)), heads(self.w_ks(x)), heads(self.w_vs(x))
-        drop = self.dropout if self.training else 0.0
-        # Written out rather than F.scaled_dot_product_attention: the fused kernels have no double
-        # backward, which the ensemble's gradient penalty needs; on 13 tokens the math path is cheap.
-        # Scale 1/sqrt(d_k) as in the paper's ScaledDotProductAttention (temperature d_k ** 0.5).
-        w = F.dropout(torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_k), dim=-1), drop, self.training)
-        att = w @ v  # (B, h, N, d_k)
-        att = att.transpose(1, 2).reshape(b, n, self.n_heads * self.d_k)
-        x = self.ln_attn(F.dropout(self.fc(att), drop, self.training) + x)
-        ffn = self.w_2(F.gelu(self.w_1(x), approximate="tanh"))
-        return self.ln_ffn(F.dropout(ffn, drop, self.training) + x)
+    def make_batch(self, x, gen, sl=slice(None)):
+        return x[sl], torch.randperm(self.grid * self.grid, generator=gen, device=x.device)
+
+    def features(self, backbone: ResNet, x: torch.Tensor) -> torch.Tensor:
+        """Patch features (B, G*G, d) of the shared patch encoder P."""
+        p = split_patches(x, self.grid)
+        b, n = p.shape[:2]
+        f = trunk(backbone, p.reshape(b * n, *p.shape[2:]))
+        return self.proj(torch.flatten(F.adaptive_avg_pool2d(f, 1), 1)).view(b, n, -1)
+
+    def scores(self, backbone: ResNet, x: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """(B, M, M): score of candidate patch j for masked slot i (the right answer is j = i)."""
+        f = self.features(backbone, x)
+        t, v = seq[: self.masked], seq[self.masked:]
+        q = self.transformer(f[:, v], t)  # (B, M, d)
+        return torch.bmm(q.float(), f[:, t].float().transpose(1, 2))
+
+    def per_sample(self, backbone, inputs, targets):
+        s = self.scores(backbone, inputs, targets)
+        b, m, _ = s.shape
+        y = torch.arange(m, device=s.device).repeat(b)
+        if self.loss == "double-softmax":
+            z = s.softmax(-1)
+        else:
+            z = s / math.sqrt(self.transformer.d_model) if self.loss == "scaled-logits" else s
+        loss = F.cross_entropy(z.reshape(b * m, m), y, reduction="none").view(b, m).sum(1)
+        return loss, (s.argmax(-1) == y.view(b, m)).float().mean(1, keepdim=True)
 
 
-class SelfieTransformer(nn.Module):
-    """Summary-token transformer over visible patch features; one query per masked position.
+def settings(pretext) -> dict:
+    """Selfie's keyword arguments from the recipe's pretext part."""
+    return dict(grid=pretext.grid, masked=pretext.selfie_masked, n_layers=pretext.selfie_layers,
+                n_heads=pretext.selfie_heads, d_model=pretext.selfie_d_model, d_ff=pretext.selfie_d_ff,
+                dropout=pretext.selfie_dropout, loss=pretext.selfie_loss)
 
-    Args:
-        d_model: token width; the paper uses the patch encoder's output width (1024 for
-            ResNet-50v2 layer3).
-        n_layers: encoder layers (13 in the paper: ``SelfieModel(n_layers=12)`` builds ``n_layers + 1``).
-        n_heads: attention heads (16).
-        d_ff: FFN hidden width (2048 = 2 * d_model in the paper); 0 means ``2 * d_model``.
-        dropout: dropout in attention, after the attention projection and after the FFN (0.1).
-        grid: patches per side (4: a 4x4 grid, 16 positions).
-        d_k: per-head width; 0 means ``max(1, d_model // n_heads)`` (64 in the paper).
-    """
 
-    def __init__(
-        self,
-        d_model: int = 1024,
-        n_layers: int = 13,
-        n_heads: int = 16,
-        d_ff: int = 0,
-        dropout: float = 0.1,
-        grid: int = 4,
-        d_k: int = 0,
-    ) -> None:
-        super().__init__()
-        if d_model < 1 or n_layers < 1 or n_heads < 1 or grid < 1:
-            raise ValueError(f"invalid Selfie transformer sizes d_model={d_model} n_layers={n_layers} "
-                             f"n_heads={n_heads} grid={grid}")
-        self.d_model, self.grid = d_model, grid
-        d_ff = d_ff or 2 * d_model
-        d_k = d_k or max(1, d_model // n_heads)
-        self.layers = nn.ModuleList([EncoderLayer(d_model, n_heads, d_k, d_ff, dropout) for _ in range(n_layers)])
-        self.u0 = nn.Parameter(torch.zeros(1, 1, d_model))
-        self.row_embeddings = nn.Parameter(torch.randn(grid, d_model))
-        self.column_embeddings = nn.Parameter(torch.zeros(grid, d_model))
-
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Queries for the masked positions.
-
-        Args:
-            src: visible patch features (B, N_visible, d_model), in the order of the visible positions.
-            pos: masked positions (M,) as row-major indices into the grid (one pattern per batch).
-
-        Returns:
-            (B, M, d_model): the summary token's output plus the row and column embedding of each
-            masked position.
-        """
-        x = torch.cat([self.u0.expand(src.shape[0], -1, -1).to(src.dtype), src], dim=1)  # (B, 1 + N, d)
-        for layer in self.layers:
-            x = layer(x)
-        u = x[:, :1]  # (B, 1, d)
-        emb = self.row_embeddings[pos // self.grid] + self.column_embeddings[pos % self.grid]  # (M, d)
-        return u + emb.unsqueeze(0).to(u.dtype)
+def build(backbone: ResNet, pretext, seed: int) -> Selfie:
+    return Selfie(backbone, **settings(pretext))
