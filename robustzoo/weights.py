@@ -13,14 +13,14 @@ import json
 import math
 import os
 import struct
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._io import atomic_write, open_regular
 from .errors import WeightFormatError
 from .models import create_model
 
@@ -41,22 +41,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temp file in the same folder, then ``os.replace`` it onto ``path``:
-    readers never see a partial file, and a crash leaves the old file (or none) in place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a weight file is as readable as any other file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_pretrained(
@@ -128,8 +112,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, An
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise WeightFormatError(f"{path} is {describe_bytes(head)}: too short for safetensors")
@@ -252,8 +236,8 @@ def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_lo
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
+    if not path.exists():
+        raise WeightFormatError(f"no weight file at {path}; pass the path of a model.safetensors file or its folder")
     model, meta, entries = build_from_metadata(path)
     check_state_dict(model, entries, path)
     model = model.to_empty(device="cpu")  # every entry is overwritten by the strict load below
