@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._io import CHUNK as CHUNK
 from ._io import atomic_write, cause, file_sha256
-from .errors import CacheError, ChecksumError, DownloadError, RobustZooError
+from .errors import CacheError, ChecksumError, DownloadError, WeightFormatError
 
 __all__ = ["file_sha256", "git_blob_sha1", "fetch_url", "redact", "max_download_bytes", "lock_timeout", "cause",
            "RETRIES", "BACKOFF", "DEFAULT_MAX_BYTES", "DEFAULT_LOCK_TIMEOUT"]
@@ -117,7 +117,7 @@ def fetch_url(url: str, target: Path, *, sha256: str | None = None, force: bool 
                         "server or a proxy returned another file; retry, or check the URL and the sha256)")
                 if check is not None:
                     check(part)
-            except RobustZooError:
+            except (ChecksumError, WeightFormatError):  # wrong bytes: never resume from them
                 part.unlink(missing_ok=True)
                 validator.unlink(missing_ok=True)
                 raise
@@ -188,17 +188,18 @@ def _attempt(session, url: str, label: str, part: Path, validator: Path, progres
             raise _Retry(f"server resumed at {r.headers.get('Content-Range')!r} with another validator")
         if r.status_code != 206:
             have = 0  # the server ignored Range (or the file changed): start over
+        length = r.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        cap = max_download_bytes()
+        if total is not None and total > cap:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{label} is {total} bytes, above the {cap}-byte limit; nothing was downloaded "
+                                "(raise ROBUSTZOO_MAX_DOWNLOAD_BYTES if this file is really expected)")
         now = _validator(r.headers)
         if now is None:
             validator.unlink(missing_ok=True)
         else:
             validator.write_text(now)
-        length = r.headers.get("Content-Length")
-        total = have + int(length) if length and length.isdigit() else None
-        cap = max_download_bytes()
-        if total is not None and total > cap:
-            raise DownloadError(f"{label} is {total} bytes, above the {cap}-byte limit; nothing was downloaded "
-                                "(raise ROBUSTZOO_MAX_DOWNLOAD_BYTES if this file is really expected)")
         with open(part, "ab" if have else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=Path(urlsplit(url).path).name[:40],
             disable=not progress
@@ -207,6 +208,7 @@ def _attempt(session, url: str, label: str, part: Path, validator: Path, progres
                 f.write(chunk)
                 bar.update(len(chunk))
                 if f.tell() > cap:
+                    f.truncate(0)
                     raise DownloadError(f"{label} sent more than {cap} bytes (ROBUSTZOO_MAX_DOWNLOAD_BYTES); "
                                         "nothing was kept")
     size = part.stat().st_size

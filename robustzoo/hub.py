@@ -95,7 +95,10 @@ def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | N
     if ref.startswith(("https://", "http://")):
         return Ref("url", redact(ref), location=ref, sha256=sha256)
     if ref.startswith("file://"):
-        parts = urlsplit(ref)
+        try:
+            parts = urlsplit(ref)
+        except ValueError:
+            raise InvalidReferenceError(f"{ref!r} is not a valid file:// URL") from None
         if parts.netloc not in ("", "localhost"):
             raise InvalidReferenceError(f"{ref!r}: only local file:// URLs (file:///path) are supported")
         return Ref("local", ref, location=unquote(parts.path), sha256=sha256)
