@@ -23,7 +23,7 @@ from torch import nn
 import robustzoo
 from robustzoo.converter import convert
 from robustzoo.errors import ConversionError
-from robustzoo.weights import load_file, read_metadata
+from robustzoo.weights import load_file
 
 torch.set_num_threads(1)
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
