@@ -55,7 +55,7 @@ def no_backoff() -> None:
 
 
 def wrong_file_in(cache: Path, data: bytes) -> bool:
-    """A final cache file that is not what it claims: a blob not hashing to its name, a URL file that is not ``data``."""
+    """A final cache file that is not what it claims: a blob not hashing to its name, a URL file not ``data``."""
     for p in cache.rglob("*"):
         if not p.is_file() or p.is_symlink() or p.name.endswith((".incomplete", ".lock", ".etag", ".sha256")):
             continue
@@ -181,16 +181,16 @@ def arrange(kind: str, scenario, server: HubServer, data: bytes, other: bytes, c
     elif scenario == "cache-file":
         cache.parent.mkdir(parents=True)
         cache.write_text("not a folder")
-    elif scenario == "lock":
-        from filelock import FileLock
-
+    elif scenario == "lock":  # a child process holds the lock and never lets go
         os.environ["ROBUSTZOO_LOCK_TIMEOUT"] = "0.5"
         lock = (cache / "robustzoo-urls" / sha(data) / "tiny.safetensors.lock" if kind == "url" else
                 cache / ".locks" / "models--org--tiny" / f"{sha(data)}.lock")
         lock.parent.mkdir(parents=True)
-        holder = FileLock(str(lock))
-        holder.acquire()  # another descriptor of this process: flock makes the download wait like a stuck process
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time, filelock; filelock.FileLock(sys.argv[1])"
+                                   ".acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
+                                  stdout=subprocess.PIPE, text=True)
         keep.append(holder)
+        holder.stdout.readline()
     elif isinstance(scenario, dict) and "hub_headers" in scenario:
         server.hub_headers = dict(scenario["hub_headers"])
     elif isinstance(scenario, dict):
@@ -228,7 +228,8 @@ def run_once(kind: str, scenario, server: HubServer, data: bytes, other: bytes, 
     finally:
         signal.alarm(0)
         for holder in keep:
-            holder.release()
+            holder.kill()
+            holder.wait()
     if files_outside(run, cache) != before:
         return "outside"
     return "wrong" if cache.is_dir() and wrong_file_in(cache, data) else outcome
