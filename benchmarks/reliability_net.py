@@ -186,9 +186,9 @@ def arrange(kind: str, scenario, server: HubServer, data: bytes, other: bytes, c
         lock = (cache / "robustzoo-urls" / sha(data) / "tiny.safetensors.lock" if kind == "url" else
                 cache / ".locks" / "models--org--tiny" / f"{sha(data)}.lock")
         lock.parent.mkdir(parents=True)
-        holder = subprocess.Popen([sys.executable, "-c", "import sys, time, filelock; filelock.FileLock(sys.argv[1])"
-                                   ".acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
-                                  stdout=subprocess.PIPE, text=True)
+        code = ("import sys, time, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+                "print('held', flush=True); time.sleep(600)")
+        holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
         keep.append(holder)
         holder.stdout.readline()
     elif isinstance(scenario, dict) and "hub_headers" in scenario:
@@ -241,6 +241,7 @@ HTML = b"<!DOCTYPE html><html><head><title>Quota exceeded</title></head><body>tr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--only", default="", help="run only the scenarios whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(1)
     no_backoff()
@@ -258,7 +259,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         for name, scenario in SCENARIOS.items():
             for kind in ("hub", "url"):
-                if ONLY.get(name, kind) != kind:
+                if ONLY.get(name, kind) != kind or args.only not in name:
                     continue
                 counts = {"right": 0, "error": 0, "raw": 0, "wrong": 0, "outside": 0, "hang": 0}
                 for _ in range(args.runs):
