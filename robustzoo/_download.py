@@ -1,8 +1,8 @@
 """Plain URL downloads for :func:`robustzoo.load`: streamed, resumable, locked, atomic, verified.
 
 RobustBench's loader cached whatever the server returned (HTML quota pages, half files) under the
-final name and reused it forever (hub_notes section 1.6). Here a download goes to
-``<target>.incomplete`` under a per-target :class:`filelock.FileLock` (waited on for at most
+final name and reused it forever (``robustbench/utils.py``; RobustBench issues #49, #68, #158). Here a
+download goes to ``<target>.incomplete`` under a per-target :class:`filelock.FileLock` (waited on for at most
 ``ROBUSTZOO_LOCK_TIMEOUT`` seconds), resumes with ``Range`` only when the server gave a validator
 (a strong ``ETag`` or ``Last-Modified``, recorded next to the partial file and sent back as
 ``If-Range``; RFC 9110 section 13.1.5), else starts from zero, refuses bodies above

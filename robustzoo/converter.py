@@ -1,7 +1,7 @@
 """Convert the official checkpoints of Chen et al. (CVPR 2020) into robustzoo weight files.
 
 The official code (``TAMU-VITA/Adv-SS-Pretraining``) and RobustBench save torch pickles in six
-layouts (``paper_spec.md`` sections 3, 4.2, 4.4, 4.5 and 6). Each is read **only** with
+layouts (``finetune/main.py``, ``pretraining/*.py``, ``robustbench/model_zoo``). Each is read **only** with
 ``torch.load(..., weights_only=True)``: a file holding anything but tensors and plain containers is
 refused before any of it runs. Every key is then mapped through an explicit per-format table from
 our modules (``normalize``, ``conv1``, ``bn1``, ``layer1``-``layer4``, ``linear``) to the source's
@@ -52,7 +52,7 @@ __all__ = ["FORMATS", "BRANCHES", "convert"]
 
 FORMATS = ("robustbench", "finetune", "rotation", "jigsaw", "selfie", "ensemble")
 BRANCHES = ("none", "rotation", "jigsaw")
-_PRETEXT_CLASSES = {"rotation": 4, "jigsaw": 31}  # paper_spec.md 1.3
+_PRETEXT_CLASSES = {"rotation": 4, "jigsaw": 31}  # heads of pretraining/train_{std,adv}_{rotation,jigsaw}.py
 _STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _NOTES = {
     "robustbench": "RobustBench applies ImageNet mean/std outside the net; they are in this model's normalize",
@@ -72,7 +72,7 @@ class _Layout:
 
 
 def _layout(fmt: str, keep_head: bool, branch: str) -> _Layout:
-    """The explicit key table of one format (``paper_spec.md`` 4.4 gives the official remaps)."""
+    """The explicit key table of one format (the official code's own key remaps, e.g. ``finetune/main.py``)."""
     if fmt == "robustbench":  # RobustBench normalises outside the net: ImageNet stats go into `normalize`
         return _Layout({"normalize": None, **{m: m for m in _STAGES}, "linear": "linear"})
     sequential = {"normalize": "0", **{m: f"1.{m}" for m in _STAGES}}  # Sequential(Normalize, ResNet50)

@@ -8,10 +8,11 @@ Sources accepted by :func:`load`:
 * a local ``.safetensors`` file or a directory holding ``model.safetensors``;
 * an ``https://``/``http://`` URL (cached, resumable) or a ``file://`` URL.
 
-Every file is hashed before it is used: against the registry sha256, else against the Hub ETag when it
-is a sha256 (LFS) or a git blob id. RobustBench had no checksum and kept serving HTML quota pages and
-half files from its cache (hub_notes section 1.6). The endpoint, cache folder and offline switch are
-read at call time, never at import; ``import robustzoo`` does not import huggingface_hub.
+Every file is hashed before it is used (see :mod:`robustzoo._cache`): against the registry or caller's
+sha256, else against its Hub cache name (LFS sha256 or git blob id). RobustBench had no checksum and kept
+serving HTML quota pages and half files from its cache (``robustbench/utils.py``; RobustBench issues #49,
+#68, #158). The endpoint, cache folder and offline switch are read at call time, never at import;
+``import robustzoo`` does not import huggingface_hub.
 """
 
 from __future__ import annotations
