@@ -352,6 +352,7 @@ def test_ensemble_members_must_agree(tmp_path):
         convert("finetune", [tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "out")
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # deprecated, but old checkpoints hold them
 @pytest.mark.parametrize("poison, needle", [
     ("overflow", "overflow"),  # float64 1e300 became inf after the finiteness check (issue 11, point 8)
     ("negative_var", "negative BatchNorm running variance"),  # NaN outputs
