@@ -3,11 +3,12 @@
 For each class, every variant goes through the entry point a user would hit (``load_file`` for
 weight files, ``convert`` for legacy checkpoints) and is counted as one of:
 
-* clean project error: a ``WeightFormatError`` / ``ConversionError`` (the wanted outcome);
+* clean project error: a robustzoo error (``WeightFormatError``, ``ConversionError``...: the wanted outcome);
 * raw exception: anything else escaping (a bug: must be 0);
 * payload executed: a pickled ``__reduce__`` payload created its marker file (must be 0);
 * wrong weights loaded: the call succeeded although the file is invalid, or returned weights that
-  differ from the file they were made from (must be 0).
+  differ from the file they were made from (must be 0);
+* hang: no answer within 60 s (must be 0; a FIFO or ``/dev/zero`` once made hashing block or run forever).
 
 Usage: ``python benchmarks/reliability_files.py [--n 50] [--seed 0]``; prints a markdown table.
 """
@@ -20,6 +21,7 @@ import os
 import pickle
 import platform
 import random
+import signal
 import struct
 import sys
 import tempfile
@@ -31,8 +33,9 @@ import torch
 from safetensors.torch import load_file as st_load
 from safetensors.torch import save_file
 
+import robustzoo
 from robustzoo.converter import convert
-from robustzoo.errors import ConversionError, WeightFormatError
+from robustzoo.errors import RobustZooError
 from robustzoo.models import resnet18, resnet50v2
 from robustzoo.weights import load_file, save_pretrained
 
@@ -182,6 +185,55 @@ class Bench:
         torch.save({"epoch": i, "state_dict": state, "best_prec1": 0.0}, path)
         return "ckpt", path
 
+    def _poisoned(self, i, poison):
+        state = dict(self.ckpt)
+        keys = sorted(k for k, v in state.items() if v.is_floating_point() and v.ndim and "running" not in k
+                      and not k.startswith("0."))
+        if poison == "overflow":  # float64 values beyond float32's range: inf after a cast
+            key = self.rng.choice(keys)
+            t = state[key].double().clone()
+            t.view(-1)[self.rng.randrange(t.numel())] = self.rng.choice([1e39, -1e300, 3.5e38])
+        elif poison == "negative_var":
+            key = self.rng.choice(sorted(k for k in state if k.endswith("running_var")))
+            t = state[key].clone()
+            t.view(-1)[self.rng.randrange(t.numel())] = -self.rng.uniform(1e-6, 10)
+        else:
+            key = self.rng.choice(keys)
+            t = state[key].to_sparse() if i % 2 else torch.quantize_per_tensor(state[key], 0.05, 0, torch.qint8)
+        state[key] = t
+        path = self.work / "ckpt.pt"
+        torch.save({"epoch": i, "state_dict": state, "best_prec1": 0.0}, path)
+        return "ckpt", path
+
+    def overflow(self, i):
+        return self._poisoned(i, "overflow")
+
+    def negative_var(self, i):
+        return self._poisoned(i, "negative_var")
+
+    def sparse_quantized(self, i):
+        return self._poisoned(i, "layout")
+
+    def non_regular(self, i):
+        fifo = self.work / f"pipe{i}"
+        if i % 3 == 0:
+            os.mkfifo(fifo)
+        target = [fifo, Path("/dev/zero"), self.work][i % 3]
+        return "load", (str(target), "0" * 64 if i % 2 else None)
+
+    def sparse_terabyte(self, i):
+        from robustzoo.models import create_model
+
+        cfg = {**json.loads(self.meta["config"]), "width": self.rng.choice([100.0, 150.0, 200.0])}
+        with torch.device("meta"):
+            shapes = create_model(**cfg).state_dict()
+        header, offset = {"__metadata__": {**self.meta, "config": json.dumps(cfg)}}, 0
+        for key, t in shapes.items():
+            dtype, size = ("F32", 4) if t.is_floating_point() else ("I64", 8)
+            header[key] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.numel() * size]}
+            offset += t.numel() * size
+        return "sparse", (json.dumps(header).encode(), offset)
+
     def _save(self, tensors, meta=None) -> bytes:
         path = self.work / "tmp.safetensors"
         save_file(dict(tensors), str(path), metadata=meta or self.meta)
@@ -190,9 +242,21 @@ class Bench:
     # -- one try
     def run(self, kind, payload) -> str:
         self.marker.unlink(missing_ok=True)
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(60)
         try:
             if kind == "unsafe":  # control row only: what plain torch.load would have done with the same file
                 torch.load(payload, weights_only=False)
+                outcome = "wrong"
+            elif kind == "load":  # a path that is not a regular file, through the public loader
+                robustzoo.load(payload[0], sha256=payload[1])
+                outcome = "wrong"
+            elif kind == "sparse":  # a sparse file as long as its header claims: no disk used
+                path = self.work / "model.safetensors"
+                with open(path, "wb") as f:
+                    f.write(struct.pack("<Q", len(payload[0])) + payload[0])
+                    f.truncate(8 + len(payload[0]) + payload[1])
+                load_file(path)
                 outcome = "wrong"
             elif kind == "ckpt":
                 convert("finetune", [payload], self.work / "out")
@@ -204,11 +268,26 @@ class Bench:
                 same = payload == self.good or all(torch.equal(v, self.tensors.get(k, torch.empty(0)))
                                                    for k, v in model.state_dict().items())
                 outcome = "harmless" if same else "wrong"
-        except (WeightFormatError, ConversionError):
+        except _Hang:
+            outcome = "hang"
+        except RobustZooError:
             outcome = "clean"
         except Exception:  # noqa: BLE001 - counting exactly these is the point
             outcome = "raw"
+        finally:
+            signal.alarm(0)
+            for leftover in self.work.glob("pipe*"):
+                leftover.unlink()
+            (self.work / "model.safetensors").unlink(missing_ok=True)
         return "payload" if self.marker.exists() else outcome
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang
 
 
 CLASSES = [
@@ -226,6 +305,11 @@ CLASSES = [
     ("bit flip in the header", "header_bitflip"),
     ("missing / unexpected / mis-shaped keys -> convert", "ckpt_keys"),
     ("hostile JSON and configs (dtype list, deep JSON, 4400+ digit int, inf/huge width)", "known_leaks"),
+    ("float64 value that overflows float32 -> convert", "overflow"),
+    ("negative BatchNorm running_var -> convert", "negative_var"),
+    ("sparse or quantized tensor -> convert", "sparse_quantized"),
+    ("FIFO, /dev/zero or folder -> load (with and without sha256)", "non_regular"),
+    ("sparse file whose consistent header declares ~0.5-2 TB -> load_file", "sparse_terabyte"),
 ]
 CONTROL = ("control, not robustzoo: the same .pt payloads through torch.load(weights_only=False)", "control_unsafe")
 
@@ -249,14 +333,15 @@ def main() -> None:
           f"torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPU(s), "
           f"{time.perf_counter() - start:.1f} s\n")
     print("| input class | tries | clean project error | raw exception | payload executed | wrong weights loaded "
-          "| loaded, identical weights |")
-    print("|---|---|---|---|---|---|---|")
+          "| hangs | loaded, identical weights |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, n, c in rows:
-        print(f"| {label} | {n} | {c['clean']} | {c['raw']} | {c['payload']} | {c['wrong']} | {c['harmless']} |")
+        print(f"| {label} | {n} | {c['clean']} | {c['raw']} | {c['payload']} | {c['wrong']} | {c['hang']} "
+              f"| {c['harmless']} |")
     c = control
-    print(f"| *{CONTROL[0]}* | {args.n} | {c['clean']} | {c['raw']} | {c['payload']} | {c['wrong']} | - |")
-    bad = sum(c["raw"] + c["payload"] + c["wrong"] for _, _, c in rows)
-    print(f"\nfailures (raw + payload + wrong): {bad}")
+    print(f"| *{CONTROL[0]}* | {args.n} | {c['clean']} | {c['raw']} | {c['payload']} | {c['wrong']} | - | - |")
+    bad = sum(c["raw"] + c["payload"] + c["wrong"] + c["hang"] for _, _, c in rows)
+    print(f"\nfailures (raw + payload + wrong + hang): {bad}")
     sys.exit(0)
 
 

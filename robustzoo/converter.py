@@ -1,7 +1,7 @@
 """Convert the official checkpoints of Chen et al. (CVPR 2020) into robustzoo weight files.
 
 The official code (``TAMU-VITA/Adv-SS-Pretraining``) and RobustBench save torch pickles in six
-layouts (``paper_spec.md`` sections 3, 4.2, 4.4, 4.5 and 6). Each is read **only** with
+layouts (``finetune/main.py``, ``pretraining/*.py``, ``robustbench/model_zoo``). Each is read **only** with
 ``torch.load(..., weights_only=True)``: a file holding anything but tensors and plain containers is
 refused before any of it runs. Every key is then mapped through an explicit per-format table from
 our modules (``normalize``, ``conv1``, ``bn1``, ``layer1``-``layer4``, ``linear``) to the source's
@@ -32,7 +32,6 @@ Formats (one ``.pt``/``.pth.tar`` per source unless said otherwise):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -44,16 +43,16 @@ from pathlib import Path
 
 import torch
 
-from ._download import file_sha256
+from ._io import file_sha256
 from .errors import ConversionError
 from .models import ResNet, SoftmaxEnsemble
 from .weights import describe_bytes, save_pretrained
 
-__all__ = ["FORMATS", "BRANCHES", "convert", "add_cli_arguments", "cli"]
+__all__ = ["FORMATS", "BRANCHES", "convert"]
 
 FORMATS = ("robustbench", "finetune", "rotation", "jigsaw", "selfie", "ensemble")
 BRANCHES = ("none", "rotation", "jigsaw")
-_PRETEXT_CLASSES = {"rotation": 4, "jigsaw": 31}  # paper_spec.md 1.3
+_PRETEXT_CLASSES = {"rotation": 4, "jigsaw": 31}  # heads of pretraining/train_{std,adv}_{rotation,jigsaw}.py
 _STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _NOTES = {
     "robustbench": "RobustBench applies ImageNet mean/std outside the net; they are in this model's normalize",
@@ -73,7 +72,7 @@ class _Layout:
 
 
 def _layout(fmt: str, keep_head: bool, branch: str) -> _Layout:
-    """The explicit key table of one format (``paper_spec.md`` 4.4 gives the official remaps)."""
+    """The explicit key table of one format (the official code's own key remaps, e.g. ``finetune/main.py``)."""
     if fmt == "robustbench":  # RobustBench normalises outside the net: ImageNet stats go into `normalize`
         return _Layout({"normalize": None, **{m: m for m in _STAGES}, "linear": "linear"})
     sequential = {"normalize": "0", **{m: f"1.{m}" for m in _STAGES}}  # Sequential(Normalize, ResNet50)
@@ -135,6 +134,10 @@ def _unwrap(obj: object, fmt: str, path: Path) -> tuple[dict[str, torch.Tensor],
                 f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; is this a {fmt!r} checkpoint "
                 f"(top-level keys: {sorted(map(str, obj))[:8]})?"
             )
+        if value.layout != torch.strided or value.is_quantized:
+            raise ConversionError(f"{path}: {key!r} is a {'quantized' if value.is_quantized else 'sparse'} tensor "
+                                  f"({value.layout}, {value.dtype}); only dense float checkpoints can be converted "
+                                  "(dequantize / .to_dense() it and re-save the state dict)")
         name = key[len("module."):] if key.startswith("module.") else key  # DataParallel, as RobustBench strips
         if name in out:
             raise ConversionError(f"{path}: key {name!r} appears both with and without 'module.'")
@@ -207,6 +210,10 @@ def _map(model: ResNet, state: dict, layout: _Layout, fmt: str, path: Path) -> d
             problems.append(f"{src}: dtype {t.dtype} where {ref.dtype} is needed")
         elif t.is_floating_point() and not torch.isfinite(t).all():
             problems.append(f"{src}: contains NaN or infinite values")
+        elif t.is_floating_point() and not torch.isfinite(t.to(ref.dtype)).all():
+            problems.append(f"{src}: {t.dtype} values overflow {ref.dtype} (largest {t.abs().max().item():.3g})")
+        elif key.endswith("running_var") and (t < 0).any():  # BN divides by sqrt(var + eps): NaN outputs
+            problems.append(f"{src}: negative BatchNorm running variance ({t.min().item():.3g})")
         else:
             out[key] = t.to(ref.dtype)
     unexpected = sorted(k for k in state if k not in used and not k.startswith(tuple(p + "." for p in layout.dropped)))
@@ -299,24 +306,3 @@ def convert(
     if format in _NOTES:
         meta["note"] = _NOTES[format]
     return save_pretrained(model, out, name=name, metadata=meta)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``robustzoo convert --format FORMAT SRC... --out DIR``."""
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="checkpoint file(s) (.pt / .pth.tar)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="layout of the source checkpoint(s)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors + config.json)")
-    parser.add_argument("--keep-pretext-head", action="store_true",
-                        help="rotation/jigsaw/ensemble: keep the pretext classifier instead of a headless backbone")
-    parser.add_argument("--branch", choices=BRANCHES, default="none",
-                        help="ensemble: which task's layer4 to attach (default none: theta_p = stem+layer1-3)")
-    parser.add_argument("--name", default="", help="label stored in the weight metadata")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the init of parts the checkpoint lacks")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """Run a conversion from parsed :func:`add_cli_arguments` arguments; prints the written path."""
-    path = convert(args.format, args.sources, args.out, keep_pretext_head=args.keep_pretext_head,
-                   branch=args.branch, name=args.name, seed=args.seed)
-    print(f"wrote {path}")
-    return 0

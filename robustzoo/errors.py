@@ -17,6 +17,8 @@ __all__ = [
     "OfflineError",
     "ConversionError",
     "DataError",
+    "InvalidReferenceError",
+    "CacheError",
 ]
 
 
@@ -57,3 +59,12 @@ class ConversionError(RobustZooError, ValueError):
 
 class DataError(RobustZooError, ValueError):
     """Bad input data: wrong channels, out-of-range pixels, labels, NaN, empty."""
+
+
+class InvalidReferenceError(RobustZooError, ValueError):
+    """A malformed or unsafe reference: a URL without host or file name, a sha256 that is not 64 hex
+    digits, a revision given twice, a path segment such as ``..`` that would leave the cache."""
+
+
+class CacheError(RobustZooError):
+    """The cache folder cannot be used: not a folder, read-only, full, or locked by another process."""

@@ -8,25 +8,28 @@ Sources accepted by :func:`load`:
 * a local ``.safetensors`` file or a directory holding ``model.safetensors``;
 * an ``https://``/``http://`` URL (cached, resumable) or a ``file://`` URL.
 
-Every file is hashed before it is used: against the registry sha256, else against the Hub ETag when it
-is a sha256 (LFS) or a git blob id. RobustBench had no checksum and kept serving HTML quota pages and
-half files from its cache (hub_notes section 1.6). The endpoint, cache folder and offline switch are
-read at call time, never at import; ``import robustzoo`` does not import huggingface_hub.
+Every file is hashed before it is used (see :mod:`robustzoo._cache`): against the registry or caller's
+sha256, else against its Hub cache name (LFS sha256 or git blob id). RobustBench had no checksum and kept
+serving HTML quota pages and half files from its cache (``robustbench/utils.py``; RobustBench issues #49,
+#68, #158). The endpoint, cache folder and offline switch are read at call time, never at import;
+``import robustzoo`` does not import huggingface_hub.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from . import registry
-from ._download import fetch_url, file_sha256, git_blob_sha1, hub_download
-from .errors import ChecksumError, NotPublishedError, OfflineError, UnknownModelError, WeightFormatError
+from ._cache import Ref, fetch
+from ._download import redact
+from ._hubget import check_revision
+from ._io import file_sha256
+from .errors import InvalidReferenceError, NotPublishedError, UnknownModelError, WeightFormatError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,7 +38,8 @@ __all__ = ["load", "download", "verify", "push_to_hub", "resolve_endpoint", "res
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 ZOO_DIR = registry.ZOO_DIR  # embedded weights: <name>.safetensors next to the registry file in use
-_HEX64, _HEX40 = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -67,35 +71,42 @@ def resolve_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(home).expanduser() / "hub"
 
 
-@dataclass
-class _Ref:
-    """A parsed ``name_or_ref``: where the bytes come from and what they must hash to."""
-
-    kind: str  # embedded | hub | local | url
-    label: str  # what to call it in messages and in `robustzoo download LABEL`
-    spec: registry.WeightSpec | None = None
-    repo_id: str = ""
-    filename: str = "model.safetensors"
-    revision: str = "main"
-    sha256: str | None = None
-    location: str = ""  # file path or URL
+def _sha256(value: object) -> str | None:
+    """A caller's sha256, checked before it is used anywhere (it names cache folders): 64 hex digits, lower-cased."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise InvalidReferenceError(f"sha256={str(value)[:80]!r} is not 64 hexadecimal digits (a sha256 digest)")
+    return value.lower()
 
 
-def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | None) -> _Ref:
+def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | None) -> Ref:
     ref = os.fspath(name_or_ref)
+    sha256 = _sha256(sha256)
+    if revision is not None:
+        check_revision(revision)
     if ref.startswith("hf-hub:"):
-        repo_id, _, rev = ref[len("hf-hub:"):].partition("@")
-        if repo_id.count("/") != 1:
+        repo_id, at, rev = ref[len("hf-hub:"):].partition("@")
+        if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
             raise UnknownModelError(f"{ref!r}: expected 'hf-hub:org/repo' or 'hf-hub:org/repo@revision'")
-        return _Ref("hub", ref, repo_id=repo_id, revision=rev or revision or "main", sha256=sha256)
+        if at and revision is not None and rev != revision:
+            raise InvalidReferenceError(f"{ref!r} names revision {rev!r} but revision={revision!r} was also given; "
+                                        "give the revision once")
+        return Ref("hub", ref, repo_id=repo_id, revision=check_revision(rev or revision or "main"), sha256=sha256)
     if ref.startswith(("https://", "http://")):
-        return _Ref("url", ref, location=ref, sha256=sha256)
+        return Ref("url", redact(ref), location=ref, sha256=sha256)
     if ref.startswith("file://"):
-        return _Ref("local", ref, location=ref[len("file://"):], sha256=sha256)
+        try:
+            parts = urlsplit(ref)
+        except ValueError:
+            raise InvalidReferenceError(f"{ref!r} is not a valid file:// URL") from None
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidReferenceError(f"{ref!r}: only local file:// URLs (file:///path) are supported")
+        return Ref("local", ref, location=unquote(parts.path), sha256=sha256)
     if os.path.exists(ref) or ref.endswith(".safetensors") or os.sep in ref:
         if not os.path.exists(ref):
             raise UnknownModelError(f"no weight file or folder at {ref!r}")
-        return _Ref("local", ref, location=ref, sha256=sha256)
+        return Ref("local", ref, location=ref, sha256=sha256)
     spec = registry.model_info(ref)
     if not spec.published:
         raise NotPublishedError(
@@ -104,80 +115,18 @@ def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | N
             "or robustzoo.load('path/to/folder')."
         )
     if spec.embedded:
-        return _Ref("embedded", spec.name, spec, location=str(ZOO_DIR / f"{spec.name}.safetensors"),
+        return Ref("embedded", spec.name, spec, location=str(ZOO_DIR / f"{spec.name}.safetensors"),
                     sha256=spec.sha256)
     pinned = revision is None or revision == spec.revision  # another revision has another hash: use the ETag
-    return _Ref("hub", spec.name, spec, repo_id=spec.repo_id or f"{registry.HUB_ORG}/{spec.name}",
+    return Ref("hub", spec.name, spec, repo_id=spec.repo_id or f"{registry.HUB_ORG}/{spec.name}",
                 filename=spec.filename, revision=revision or spec.revision or "main",
                 sha256=spec.sha256 if pinned else sha256)
 
 
-def _fetch(ref: _Ref, *, endpoint: str | None, cache_dir, offline: bool | None, force_download: bool,
+def _fetch(ref: Ref, *, endpoint: str | None, cache_dir, offline: bool | None, force_download: bool,
            progress: bool) -> Path:
-    """Local path of verified bytes for ``ref`` (downloading if needed)."""
-    if ref.kind in ("embedded", "local"):
-        path = Path(ref.location)
-        if path.is_dir():
-            path = path / "model.safetensors"
-        if ref.sha256 is not None:
-            _check(path, ref.sha256, ref, cached=False)
-        return path
-    why = resolve_offline(offline)
-    if why and force_download:
-        raise OfflineError(f"force_download=True needs the network, but offline mode is on ({why})")
-    cache = resolve_cache(cache_dir)
-    if ref.kind == "url":
-        key = ref.sha256 or hashlib.sha256(ref.location.encode()).hexdigest()[:16]
-        target = cache / "robustzoo-urls" / key / (Path(ref.location.split("?")[0]).name or "model.safetensors")
-        if why and not target.exists():
-            raise OfflineError(f"offline mode is on ({why}) and {ref.location} is not in the cache {cache}; "
-                               f"pre-fetch it with `robustzoo download {ref.label}` or turn offline mode off")
-        if not target.exists() or force_download:
-            fetch_url(ref.location, target, sha256=ref.sha256, force=force_download, progress=progress)
-        else:  # no sha256 given: the digest recorded at download time still catches later changes
-            recorded = Path(str(target) + ".sha256")
-            expected = ref.sha256 or (recorded.read_text().strip() if recorded.exists() else None)
-            if expected:
-                _check(target, expected, ref, cached=True)
-        return target
-    path = Path(hub_download(ref.repo_id, ref.filename, ref.revision, label=ref.label,
-                             endpoint=resolve_endpoint(endpoint), cache=cache, offline_why=why,
-                             force=force_download, progress=progress))
-    expected = ref.sha256
-    blob = Path(os.path.realpath(path))
-    if expected is None and _HEX64.fullmatch(blob.name):
-        expected = blob.name  # LFS file: the Hub ETag (= blob name in the cache) is its sha256
-    if expected is not None:
-        _check(path, expected, ref, cached=True)
-    elif _HEX40.fullmatch(blob.name) and git_blob_sha1(blob) != blob.name:
-        _discard(path)
-        raise ChecksumError(f"{ref.label}: cached file {path} does not match its git blob id {blob.name}; removed it")
-    return path
-
-
-def _check(path: Path, expected: str, ref: _Ref, *, cached: bool) -> None:
-    try:
-        digest = file_sha256(path)
-    except OSError as e:
-        raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
-    if digest == expected:
-        return
-    if not cached:
-        where = "the package file (reinstall robustzoo)" if ref.kind == "embedded" else "the file"
-        raise ChecksumError(f"{ref.label}: {path} has sha256 {digest}, expected {expected}: {where} is corrupt")
-    _discard(path)
-    raise ChecksumError(
-        f"{ref.label}: {path} has sha256 {digest}, expected {expected} (corrupted in transit or modified in the "
-        "cache). The bad copy was removed; load again (or pass force_download=True) to download a fresh one."
-    )
-
-
-def _discard(path: Path) -> None:
-    """Remove a bad cached file: the blob a snapshot link points to, and the link."""
-    real = Path(os.path.realpath(path))
-    real.unlink(missing_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink(missing_ok=True)
+    return fetch(ref, endpoint=resolve_endpoint(endpoint), cache=resolve_cache(cache_dir),
+                 offline_why=resolve_offline(offline), force_download=force_download, progress=progress)
 
 
 def _build(spec: registry.WeightSpec, num_classes: int | None) -> nn.Module:

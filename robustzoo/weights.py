@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._io import open_regular
 from .errors import WeightFormatError
 from .models import create_model
 
@@ -62,8 +63,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, An
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise WeightFormatError(f"{path} is {describe_bytes(head)}: too short for safetensors")
@@ -174,6 +175,13 @@ def _short(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: let the allocator decide
+        return 1 << 62
+
+
 def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_location: str = "cpu") -> nn.Module:
     """Rebuild the model described by a robustzoo ``model.safetensors`` and load it strictly.
 
@@ -186,14 +194,20 @@ def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_lo
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
+    if not path.exists():
+        raise WeightFormatError(f"no weight file at {path}; pass the path of a model.safetensors file or its folder")
     model, meta, entries = build_from_metadata(path)
     check_state_dict(model, entries, path)
-    model = model.to_empty(device="cpu")  # every entry is overwritten by the strict load below
+    declared = max((e["data_offsets"][1] for e in entries.values()), default=0)
+    if declared > _memory_bytes():  # a sparse file can be as large as its header claims: refuse before allocating
+        raise WeightFormatError(f"{path} declares {declared} bytes of tensors, more than this machine's memory; "
+                                "it is not a robustzoo model file (the largest zoo file is under 300 MB)")
     try:
+        model = model.to_empty(device="cpu")  # every entry is overwritten by the strict load below
         state = st_load(str(path), device=map_location)
-    except Exception as e:  # safetensors raises its own SafetensorError for corrupt bodies
+    except (RuntimeError, MemoryError) as e:  # allocation failures; safetensors' own error for corrupt bodies
+        raise WeightFormatError(f"{path} cannot be loaded ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError is not importable as a stable name
         raise WeightFormatError(f"{path} cannot be read as safetensors: {e}") from None
     expected = model.state_dict()
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}

@@ -13,6 +13,12 @@ Every request is logged as ``(method, path)``; ``inject`` arms faults that fire 
 times: ``drop`` (close the connection mid-body), ``status`` (answer 500/503...), ``stall`` (sleep before
 answering), ``length`` (a wrong Content-Length) and ``corrupt`` (different bytes than the ETag claims).
 ``cdn = True`` turns every resolve into a 302 to the second origin with ``X-Linked-Etag``/``X-Linked-Size``.
+
+Hostile-server knobs (issue 11): ``hub_headers`` replaces headers of every resolve answer (404s included;
+a value of None removes the header), e.g. ``{"ETag": '"../../x"'}`` or ``{"X-Repo-Commit": "../.."}``;
+``url_headers`` does the same for plain URL files (``{"ETag": None, "Last-Modified": ...}``: no ETag);
+``redirects`` maps a path to a ``Location`` (a loop, or ``file:///etc/passwd``). Reassigning
+``urls[path]`` between requests plays a file that changes on the server.
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class HubServer:
         self.log: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cdn = False
+        self.hub_headers: dict[str, str | None] = {}
+        self.url_headers: dict[str, str | None] = {}
+        self.redirects: dict[str, str] = {}
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"hub": self})
         self._servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2)]
@@ -109,6 +118,7 @@ class HubServer:
             self.log.clear()
             self.ranges.clear()
         self.cdn = False
+        self.hub_headers, self.url_headers, self.redirects = {}, {}, {}
 
     def count(self, method: str, contains: str = "") -> int:
         return sum(1 for m, p in list(self.log) if m == method and contains in p)
@@ -191,12 +201,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(status.code, b"server error\n", {"Content-Type": "text/plain"})
         if method == "POST" or path.startswith("/api/"):
             return _api(self, method, path)
+        if path in hub.redirects:
+            return self._reply(302, b"", {"Location": hub.redirects[path]})
         parts = unquote(path).lstrip("/").split("/")
         if path.startswith("/cdn/"):
             data = hub._blob(parts[1])
             return self._send_file(method, path, data, {}) if data else self._reply(404, b"no such blob\n")
         if len(parts) >= 5 and parts[2] == "resolve":
             code, headers, data = hub._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
+            headers = _override(headers, hub.hub_headers)
             if data is None:
                 return self._reply(code, b"not found\n", headers)
             if hub.cdn:
@@ -209,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = hub.urls[path]
             if hub.cdn:
                 return self._reply(302, b"", {"Location": f"{hub.cdn_endpoint}/cdn/{sha256(data)}"})
-            return self._send_file(method, path, data, {"ETag": f'"{sha256(data)}"'})
+            return self._send_file(method, path, data, _override({"ETag": f'"{sha256(data)}"'}, hub.url_headers))
         self._reply(404, b"not found\n")
 
     def _reply(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -225,7 +238,8 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         start, end, code = 0, len(data), 200
         rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-        if rng and rng.startswith("bytes=") and (if_range is None or if_range == headers.get("ETag")):
+        validators = {headers.get("ETag"), headers.get("Last-Modified")} - {None}
+        if rng and rng.startswith("bytes=") and (if_range is None or if_range in validators):
             a, _, b = rng[6:].partition("-")
             start, end, code = int(a), (int(b) + 1 if b else len(data)), 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
@@ -266,6 +280,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _override(headers: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    out = {**headers, **changes}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _api(h: _Handler, method: str, path: str) -> None:

@@ -10,7 +10,6 @@ with the source network (eval mode).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -22,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustzoo
-from robustzoo.converter import add_cli_arguments, cli, convert
+from robustzoo.converter import convert
 from robustzoo.errors import ConversionError
-from robustzoo.weights import load_file, read_metadata
+from robustzoo.weights import load_file
 
 torch.set_num_threads(1)
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -353,18 +352,41 @@ def test_ensemble_members_must_agree(tmp_path):
         convert("finetune", [tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "out")
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # deprecated, but old checkpoints hold them
+@pytest.mark.parametrize("poison, needle", [
+    ("overflow", "overflow"),  # float64 1e300 became inf after the finiteness check (issue 11, point 8)
+    ("negative_var", "negative BatchNorm running variance"),  # NaN outputs
+    ("sparse", "sparse"),  # raw NotImplementedError
+    ("quantized", "quantized"),
+])
 @torch.no_grad()
-def test_cli_helpers_and_package_export(tmp_path):
-    net = official(seed=9)
-    torch.save(checkpoint(net.state_dict()), tmp_path / "r.pt")
-    parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    args = parser.parse_args(["--format", "finetune", str(tmp_path / "r.pt"), "--out", str(tmp_path / "o"),
-                              "--name", "cli"])
-    assert cli(args) == 0
-    meta, _ = read_metadata(tmp_path / "o" / "model.safetensors")
-    assert meta["name"] == "cli" and meta["source_format"] == "finetune"
+def test_values_that_become_wrong_are_refused_naming_the_key(tmp_path, poison, needle):
+    state = dict(official(num_classes=10, seed=3).state_dict())
+    key = {"overflow": "1.layer1.0.conv1.weight", "negative_var": "1.layer2.0.bn1.running_var"}.get(poison,
+                                                                                               "1.linear.weight")
+    t = state[key]
+    if poison == "overflow":
+        t = t.double()
+        t.view(-1)[0] = 1e300
+    elif poison == "negative_var":
+        t = t.clone()
+        t[0] = -0.5
+    elif poison == "sparse":
+        t = t.to_sparse()
+    else:
+        t = torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)
+    state[key] = t
+    torch.save(checkpoint(state), tmp_path / "bad.pt")
+    with pytest.raises(ConversionError, match=needle) as e:
+        convert("finetune", [tmp_path / "bad.pt"], tmp_path / "out")
+    assert key in str(e.value)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
+
+def test_no_dead_cli_entry_points():
+    import robustzoo.converter as c
+
+    assert not hasattr(c, "add_cli_arguments") and not hasattr(c, "cli")  # robustzoo/cli.py calls convert()
 
 
 def test_package_export_is_the_function():

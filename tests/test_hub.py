@@ -62,12 +62,12 @@ def fake_spec(monkeypatch, name: str, **kw) -> registry.WeightSpec:
 def test_first_download_then_cache_hit(hub_server, tiny_weights, tmp_path):
     hub_server.add_commit(REPO, {"model.safetensors": tiny_weights})
     first = robustzoo.load(f"hf-hub:{REPO}", endpoint=hub_server.endpoint, progress=False)
-    assert (hub_server.count("HEAD"), hub_server.count("GET")) == (1, 1)
+    assert (hub_server.count("HEAD"), hub_server.count("GET")) == (2, 1)  # our metadata check + the client
     assert same_weights(first, reference(tiny_weights, tmp_path))
     assert not first.training and first.pretrained_meta["source"] == f"hf-hub:{REPO}"
     hub_server.clear()
     again = robustzoo.load(f"hf-hub:{REPO}", endpoint=hub_server.endpoint, progress=False)
-    assert (hub_server.count("HEAD"), hub_server.count("GET")) == (1, 0)  # revalidated, not re-downloaded
+    assert (hub_server.count("HEAD"), hub_server.count("GET")) == (2, 0)  # revalidated, not re-downloaded
     assert same_weights(first, again)
 
 
