@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RobustZooError
+from .errors import CheckpointError
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "CheckpointError", "RunLock", "save_checkpoint", "load_checkpoint",
            "tensor_digest", "capture_rng", "restore_rng", "pack_optimizer", "unpack_optimizer", "prefixed"]
@@ -34,10 +34,6 @@ CHECKPOINT_NAME = "ckpt.safetensors"
 FORMAT = "robustzoo-checkpoint"
 VERSION = 2
 _LOCK_NAME = ".run.lock"
-
-
-class CheckpointError(RobustZooError):
-    """A checkpoint that cannot be resumed (corrupted, edited, another run's) or a folder in use."""
 
 
 @dataclass

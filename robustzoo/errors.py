@@ -19,6 +19,7 @@ __all__ = [
     "DataError",
     "InvalidReferenceError",
     "CacheError",
+    "CheckpointError",
 ]
 
 
@@ -68,3 +69,7 @@ class InvalidReferenceError(RobustZooError, ValueError):
 
 class CacheError(RobustZooError):
     """The cache folder cannot be used: not a folder, read-only, full, or locked by another process."""
+
+
+class CheckpointError(RobustZooError):
+    """A checkpoint that cannot be resumed (corrupted, edited, another run's) or a folder in use."""
