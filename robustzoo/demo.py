@@ -18,6 +18,7 @@ Numbers are whatever this run measures; nothing is looked up.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -108,6 +109,21 @@ def _table(arms: list[dict], cfg: dict, n_test: int) -> str:
     return "\n".join(lines)
 
 
+def _output_folder(out_dir: str | os.PathLike) -> Path:
+    """Create the output folder before any training, so a bad ``--out`` fails in a second, not after minutes."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"demo output {out} is a file, not a folder; pass a folder with --out DIR")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".robustzoo-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"cannot write the demo output folder {out} ({e.strerror}); pass another with --out DIR") from None
+    return out
+
+
 def run_demo(
     quick: bool = False,
     out_dir: str | os.PathLike = ".",
@@ -141,8 +157,7 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     cfg = dict(QUICK if quick else DEFAULTS)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(out_dir)
     data = {"train": _subset(*load_embedded("train"), cfg["n_train"]),
             "test": _subset(*load_embedded("test"), cfg["n_test"])}
     pre = robustzoo.load(backbone)
@@ -157,14 +172,22 @@ def run_demo(
             _arm(scratch, data, cfg, seed=seed, progress=progress, label="random init (adv. training from scratch)")]
     table = _table(arms, cfg, len(data["test"][0]))
     paths = {"table": out / "demo_results.md", "json": out / "demo_results.json", "plot": out / "demo_robust_acc.png"}
-    _plot(arms, paths["plot"], f"Fashion-MNIST, eps {EPS}: adv. pretrained vs scratch ({cfg['epochs']} epochs)")
+    # markdown and JSON first: minutes of training must never be lost to a missing plotting library
     paths["table"].write_text(table + "\n")
     result = {"settings": {**cfg, "eps": EPS, "backbone": backbone, "seed": seed, "quick": quick,
                            "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t0, 1)},
-              "arms": arms, "paths": {k: str(v) for k, v in paths.items()}}
+              "arms": arms, "paths": {k: str(v) for k, v in paths.items() if k != "plot"}}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     print(table)
-    print(f"\nwrote {paths['table']}, {paths['json']} and {paths['plot']} ({result['settings']['seconds']:.0f} s)")
+    written = f"{paths['table']} and {paths['json']}"
+    if importlib.util.find_spec("matplotlib") is None:
+        print("plot skipped: matplotlib is not installed (pip install 'robustzoo[plot]' to get demo_robust_acc.png)")
+    else:
+        _plot(arms, paths["plot"], f"Fashion-MNIST, eps {EPS}: adv. pretrained vs scratch ({cfg['epochs']} epochs)")
+        result["paths"]["plot"] = str(paths["plot"])
+        paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+        written = f"{paths['table']}, {paths['json']} and {paths['plot']}"
+    print(f"\nwrote {written} ({result['settings']['seconds']:.0f} s)")
     return result
 
 
