@@ -120,7 +120,8 @@ def _output_folder(out_dir: str | os.PathLike) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise DataError(f"cannot write the demo output folder {out} ({e.strerror}); pass another with --out DIR") from None
+        raise DataError(f"cannot write the demo output folder {out} ({e.strerror}); pass another with --out DIR") \
+            from None
     return out
 
 

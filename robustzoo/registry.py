@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from .errors import UnknownModelError
@@ -54,6 +54,10 @@ class WeightSpec:
     metrics: Mapping[str, object] = field(default_factory=dict)  # measured by this project
     paper_metrics: Mapping[str, object] = field(default_factory=dict)  # reported by the paper
     description: str = ""
+    # threat model the weight was trained/evaluated for: norm, eps, step, steps (pixel units)
+    attack: Mapping[str, object] = field(default_factory=dict)
+    # fine-tuning defaults for this weight's dataset: mode, eps, step, steps, epochs, lr, batch_size
+    finetune_defaults: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def published(self) -> bool:
@@ -129,7 +133,13 @@ def _cifar_entries() -> list[WeightSpec]:
             paper_metrics=_paper("ens3-aft", a),
             description="softmax-averaging ensemble of the rotation, jigsaw and selfie fine-tuned classifiers",
         ))
-    return out
+    return [replace(s, attack=_CIFAR_ATTACK, finetune_defaults=_CIFAR_FINETUNE) for s in out]
+
+
+# The paper's threat model and adversarial fine-tuning recipe (spec section 4, finetune/main.py).
+_CIFAR_ATTACK = MappingProxyType({"norm": "linf", "eps": 8 / 255, "step": 2 / 255, "steps": 10})
+_CIFAR_FINETUNE = MappingProxyType({"mode": "adv-full", "eps": 8 / 255, "step": 2 / 255, "steps": 10, "epochs": 100,
+                                    "lr": 0.1, "batch_size": 128})
 
 
 def _embedded_entries() -> list[WeightSpec]:

@@ -28,10 +28,14 @@ def _run(cmd: list[str], *, timeout: float, cwd: Path | None = None, env: dict |
 def installed(tmp_path_factory):
     """(bin folder of a fresh venv holding only the wheel and its runtime dependencies, scratch dir)."""
     base = tmp_path_factory.mktemp("wheel")
-    dist = base / "dist"
+    dist, src = base / "dist", base / "src"
+    # a copy, so the build leaves no build/ or *.egg-info in the checkout (an egg-info on PYTHONPATH would
+    # also make pip think robustzoo is installed already)
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "dist", "runs", "*.egg-info",
+                                                             "__pycache__", "demo_out", "finetuned"))
     # no build isolation: builds with this venv's setuptools, no index needed for the build itself
     r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-              str(ROOT)], timeout=300)
+              str(src)], timeout=300, env=_env(Path(sys.executable).parent))
     assert r.returncode == 0, r.stderr[-2000:]
     wheels = list(dist.glob("robustzoo-*.whl"))
     assert len(wheels) == 1, wheels
@@ -40,9 +44,10 @@ def installed(tmp_path_factory):
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--prefer-binary"]
     try:
         # torch first, CPU build pinned as the Makefile does; then the wheel pulls the rest of its dependencies
-        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), "torch==2.14.1", "torchvision==0.29.1"], timeout=900)
+        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), "torch==2.14.1", "torchvision==0.29.1"], timeout=900,
+                 env=_env(env_dir / "bin"))
         assert r.returncode == 0, r.stderr[-2000:]
-        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), str(wheels[0])], timeout=600)
+        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), str(wheels[0])], timeout=600, env=_env(env_dir / "bin"))
         assert r.returncode == 0, r.stderr[-2000:]
         yield env_dir / "bin", base
     finally:
