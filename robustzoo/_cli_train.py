@@ -65,6 +65,21 @@ def _json_target(path: str | None) -> Path | None:
     return p
 
 
+def _load_data(args: argparse.Namespace, data_name: str, split: str):
+    """Images and labels; a failed ``--download`` is one line that says what to do, not a urllib traceback."""
+    from .data import load_data
+    from .hub import resolve_offline
+
+    if args.download and resolve_offline(args.offline):
+        raise DataError(f"--download needs the network but offline mode is on ({resolve_offline(args.offline)}); "
+                        f"download {data_name} on a connected machine and pass --root the folder")
+    try:
+        return load_data(data_name, split=split, root=args.root, download=args.download, n=args.n)
+    except OSError as e:  # urllib / socket errors from torchvision's downloader
+        raise DataError(f"--download: could not fetch {data_name} ({getattr(e, 'reason', None) or e}); download it "
+                        "on a connected machine and pass --root the folder") from None
+
+
 def _pct(v: float) -> str:
     """An accuracy in %, two decimals (0.01 % is one image in 10,000): 59.10, never 59.0999..."""
     return f"{float(v):.2f}"
@@ -81,7 +96,6 @@ def _needs_head(name: str, model) -> None:
 
 def cmd_eval(args: argparse.Namespace, load) -> int:
     from . import __version__
-    from .data import load_data
     from .evaluation import evaluate
 
     spec = record(args.name)
@@ -91,7 +105,7 @@ def cmd_eval(args: argparse.Namespace, load) -> int:
     data = _data_name(args, spec)
     model = load(args.name, args)
     _needs_head(args.name, model)
-    x, y = load_data(data, split=args.split, root=args.root, download=args.download, n=args.n)
+    x, y = _load_data(args, data, args.split)
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
                       device=args.device, seed=args.seed, restarts=args.restarts, progress=args.progress)
@@ -199,7 +213,6 @@ def _plan(args, s: dict, x, model, data_name: str, device) -> str:
 def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
     import torch
 
-    from .data import load_data
     from .finetuning import finetune
     from .trainer import CHECKPOINT_NAME
     from .weights import save_pretrained
@@ -209,7 +222,7 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
     resume = _check_resume(args)
     data_name = _data_name(args, spec)
     model = load(args.name, args)
-    x, y = load_data(data_name, split="train", root=args.root, download=args.download, n=args.n)
+    x, y = _load_data(args, data_name, "train")
     num_classes = args.num_classes
     if num_classes is None and getattr(model, "num_classes", None) == 0:
         num_classes = int(y.max()) + 1  # a headless backbone gets a fresh head sized from the labels
@@ -247,9 +260,11 @@ def check_error(e: RobustZooError) -> str:
     """A library message in the words of the command line: ``eps=`` becomes ``--eps``."""
     import re
 
-    text = str(e).replace("download=True", "--download").replace("resume=True", "--resume")
-    text = text.replace("checkpoint_dir=", "--out ").replace("root=", "--root ")
+    text = str(e)
+    for api, option in (("download=True", "--download"), ("resume=True", "--resume"), ("offline=True", "--offline"),
+                        ("checkpoint_dir=", "--out "), ("root=", "--root ")):
+        text = text.replace(api, option)
     names = ("batch_size|weight_decay|val_fraction|early_stopping|attack_mode|eval_steps|num_classes|milestones|"
              "schedule|momentum|epochs|warmup|alpha|steps|beta|eps|lr")
-    return re.sub(rf"(?<![\w-])({names})\b(?=\s*(must|=|>|<|is|needs))",
+    return re.sub(rf"(?<![\w-])({names})\b(?=\s*(must|>|<|is|needs))",
                   lambda m: "--" + m.group(1).replace("_", "-"), text)

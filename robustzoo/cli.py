@@ -51,10 +51,10 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default is None or isinstance(action.default, bool) \
-                or action.default == argparse.SUPPRESS or not action.option_strings:
+        if "default" in text or isinstance(action.default, bool) or action.default == argparse.SUPPRESS \
+                or not action.option_strings or action.required:
             return text
-        return text + " (default: %(default)s)"
+        return text + (" (default: none)" if action.default is None else " (default: %(default)s)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,10 +193,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = command("list", "list registry models (fits 100 columns; --wide for every column, --json for scripts)")
     s.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. '*-adv-*'")
-    s.add_argument("--task", help="rotation, jigsaw, selfie, ensemble or none")
-    s.add_argument("--arch", help="r18, r50 (or resnet18, resnet50v2, ensemble)")
-    s.add_argument("--dataset", help="cifar10 or fashion-mnist")
-    s.add_argument("--kind", help="backbone, classifier or ensemble")
+    s.add_argument("--task", help="rotation, jigsaw, selfie, ensemble or none (default: any)")
+    s.add_argument("--arch", help="r18, r50 (or resnet18, resnet50v2, ensemble) (default: any)")
+    s.add_argument("--dataset", help="cifar10 or fashion-mnist (default: any)")
+    s.add_argument("--kind", help="backbone, classifier or ensemble (default: any)")
     s.add_argument("--published", action="store_true", help="only weights that can be loaded now")
     s.add_argument("--wide", action="store_true", help="every column: arch, training, measured and paper metrics")
     s.add_argument("--json", action="store_true", help="the full records as JSON")
@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--branch", choices=["none", "rotation", "jigsaw"], default="none",
                    help="ensemble: which task's layer4 to attach (none: theta_p = stem+layer1-3 only)")
     s.add_argument("--seed", type=int, default=0, help="seed of the init of the parts the checkpoint lacks")
-    s.add_argument("--name", default="", help="name recorded in the output's metadata")
+    s.add_argument("--name", default="", help="name recorded in the output's metadata (default: none)")
     s.set_defaults(func=cmd_convert)
 
     def data_opts(s: argparse.ArgumentParser) -> None:

@@ -133,13 +133,13 @@ def _cifar_entries() -> list[WeightSpec]:
             paper_metrics=_paper("ens3-aft", a),
             description="softmax-averaging ensemble of the rotation, jigsaw and selfie fine-tuned classifiers",
         ))
-    return [replace(s, attack=_CIFAR_ATTACK, finetune_defaults=_CIFAR_FINETUNE) for s in out]
+    return [replace(s, attack=dict(_CIFAR_ATTACK), finetune_defaults=dict(_CIFAR_FINETUNE)) for s in out]
 
 
 # The paper's threat model and adversarial fine-tuning recipe (spec section 4, finetune/main.py).
-_CIFAR_ATTACK = MappingProxyType({"norm": "linf", "eps": 8 / 255, "step": 2 / 255, "steps": 10})
-_CIFAR_FINETUNE = MappingProxyType({"mode": "adv-full", "eps": 8 / 255, "step": 2 / 255, "steps": 10, "epochs": 100,
-                                    "lr": 0.1, "batch_size": 128})
+_CIFAR_ATTACK = {"norm": "linf", "eps": 8 / 255, "step": 2 / 255, "steps": 10}
+_CIFAR_FINETUNE = {"mode": "adv-full", "eps": 8 / 255, "step": 2 / 255, "steps": 10, "epochs": 100, "lr": 0.1,
+                   "batch_size": 128}
 
 
 def _embedded_entries() -> list[WeightSpec]:
