@@ -1,7 +1,7 @@
 """The installed package works on its own: build the wheel, install it into a fresh virtual
 environment *without* the dev extras (so no matplotlib, pytest, ...), and run the demo there.
 
-Slow tier: the fresh venv needs torch (about a minute and 5 GB from a local wheel cache); one
+Slow tier: the fresh venv needs torch (minutes and about 5 GB, from a local wheel cache here); one
 venv serves the whole module and is deleted afterwards.
 """
 
@@ -11,13 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
+from test_readme import quickstart_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the fresh install alone takes minutes
 
 
 def _run(cmd: list[str], *, timeout: float, cwd: Path | None = None, env: dict | None = None):
@@ -26,37 +26,30 @@ def _run(cmd: list[str], *, timeout: float, cwd: Path | None = None, env: dict |
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(bin folder of a fresh venv holding only the wheel and its runtime dependencies, scratch dir)."""
+    """(bin folder of a fresh venv made by the README's install block, scratch dir).
+
+    The block runs as written (``python3 -m venv .venv && . .venv/bin/activate`` then ``pip install .``:
+    pip builds the wheel and installs it with the runtime dependencies only) in a copy of this checkout.
+    """
     base = tmp_path_factory.mktemp("wheel")
-    dist, src = base / "dist", base / "src"
-    # a copy, so the build leaves no build/ or *.egg-info in the checkout (an egg-info on PYTHONPATH would
-    # also make pip think robustzoo is installed already)
+    src = base / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "dist", "runs", "*.egg-info",
                                                              "__pycache__", "demo_out", "finetuned"))
-    # no build isolation: builds with this venv's setuptools, no index needed for the build itself
-    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-              str(src)], timeout=300, env=_env(Path(sys.executable).parent))
-    assert r.returncode == 0, r.stderr[-2000:]
-    wheels = list(dist.glob("robustzoo-*.whl"))
-    assert len(wheels) == 1, wheels
-    env_dir = base / "venv"
-    venv.create(env_dir, with_pip=True)
-    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--prefer-binary"]
     try:
-        # torch first, CPU build pinned as the Makefile does; then the wheel pulls the rest of its dependencies
-        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), "torch==2.14.1", "torchvision==0.29.1"], timeout=900,
-                 env=_env(env_dir / "bin"))
-        assert r.returncode == 0, r.stderr[-2000:]
-        r = _run(pip + ["-c", str(ROOT / "constraints.txt"), str(wheels[0])], timeout=600, env=_env(env_dir / "bin"))
-        assert r.returncode == 0, r.stderr[-2000:]
-        yield env_dir / "bin", base
+        script = "\n".join(quickstart_blocks()[0])
+        r = _run(["bash", "-ec", script], cwd=src, env=_env(Path("/nonexistent")), timeout=1500)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        yield src / ".venv" / "bin", base
     finally:
-        shutil.rmtree(env_dir, ignore_errors=True)  # gigabytes: never left behind in pytest's temp folders
+        shutil.rmtree(src, ignore_errors=True)  # gigabytes: never left behind in pytest's temp folders
 
 
 def _env(bin_dir: Path) -> dict:
+    # nothing of this checkout or its venv may leak in (an egg-info on PYTHONPATH makes pip skip the install)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", ROBUSTZOO_OFFLINE="1", HF_HUB_OFFLINE="1",
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not p.startswith(str(Path(sys.executable).parent)))
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", ROBUSTZOO_OFFLINE="1", HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 
@@ -83,3 +76,12 @@ def test_installed_demo_quick_runs_to_the_end(installed):
     r = _run([str(bin_dir / "python"), "-c", "import robustzoo; print(robustzoo.__file__)"], cwd=work,
              env=_env(bin_dir), timeout=60)
     assert str(bin_dir.parent) in r.stdout, r.stdout
+
+
+def test_installed_package_runs_every_quickstart_command(installed):
+    bin_dir, base = installed
+    work = base / "quickstart"
+    work.mkdir()
+    for line in quickstart_blocks()[1]:
+        r = _run(["bash", "-ec", line], cwd=work, env=_env(bin_dir), timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"

@@ -1,0 +1,45 @@
+"""Every shell command of the README's quick start runs as written (offline, a time limit each).
+
+The install block (``python3 -m venv`` + ``pip install .``) is run by the slow tier in
+``tests/test_wheel.py``; the commands after it run here against this environment's ``robustzoo``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PER_COMMAND_S = 180
+
+
+def quickstart_blocks() -> list[list[str]]:
+    """The bash blocks between '## Quick start' and '<!-- quickstart-end -->', one list of lines each."""
+    text = README.read_text()
+    section = text[text.index("## Quick start"):text.index("<!-- quickstart-end -->")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [[line for line in b.splitlines() if line.strip() and not line.lstrip().startswith("#")] for b in blocks]
+
+
+def offline_env(bin_dir: Path) -> dict:
+    env = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return env
+
+
+def test_quickstart_has_an_install_block_then_commands():
+    blocks = quickstart_blocks()
+    assert len(blocks) == 2 and any("pip install" in line for line in blocks[0])
+    assert any(line.startswith("robustzoo demo --quick") for line in blocks[1])
+
+
+def test_every_quickstart_command_runs_as_written(tmp_path):
+    bin_dir = Path(sys.executable).parent  # this venv's console script `robustzoo`
+    for line in quickstart_blocks()[1]:
+        r = subprocess.run(["bash", "-ec", line], cwd=tmp_path, env=offline_env(bin_dir), capture_output=True,
+                           text=True, timeout=PER_COMMAND_S)
+        assert r.returncode == 0, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
+        assert "Traceback" not in r.stderr, line
