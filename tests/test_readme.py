@@ -43,3 +43,29 @@ def test_every_quickstart_command_runs_as_written(tmp_path):
                            text=True, timeout=PER_COMMAND_S)
         assert r.returncode == 0, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
         assert "Traceback" not in r.stderr, line
+
+
+def test_license_and_project_urls_match_the_metadata():
+    import tomllib
+
+    from robustzoo.hub import PROJECT_URL
+
+    root = README.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    assert project["urls"]["Homepage"] == PROJECT_URL  # the URL errors point users to
+    text = README.read_text()
+    convert = text[text.index("## Importing the paper's checkpoints"):]
+    assert "github.com/VITA-Group/Adv-SS-Pretraining" in convert and "Chen2020Adversarial" in convert
+    first = text.index("-w16-")
+    assert "16 base channels" in text[first - 600:first + 600]  # the width suffix is explained where it first appears
+
+
+def test_readme_names_only_weights_that_load_or_say_they_do_not():
+    from robustzoo.registry import REGISTRY
+
+    text = README.read_text()
+    for cmd in re.findall(r"robustzoo (?:download|eval|finetune) ([\w-]+)", text):
+        if cmd in REGISTRY:
+            assert REGISTRY[cmd].published, f"README runs `{cmd}`, which is not published"
