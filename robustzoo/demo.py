@@ -176,6 +176,9 @@ def run_demo(
     # markdown and JSON first: minutes of training must never be lost to a missing plotting library
     paths["table"].write_text(table + "\n")
     result = {"settings": {**cfg, "eps": EPS, "backbone": backbone, "seed": seed, "quick": quick,
+                           "dataset": "fmnist-mini (Fashion-MNIST subset shipped in the package)",
+                           "n_test": len(data["test"][0]), "robustzoo": robustzoo.__version__,
+                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t0, 1)},
               "arms": arms, "paths": {k: str(v) for k, v in paths.items() if k != "plot"}}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")

@@ -54,3 +54,28 @@ def test_demo_is_reproducible_whatever_ran_before(tmp_path, monkeypatch):
         runs.append(json.loads((tmp_path / str(i) / "demo_results.json").read_text())["arms"])
     for a, b in zip(*runs):
         assert (a["clean"], a["pgd20"], a["history"][-1]["loss"]) == (b["clean"], b["pgd20"], b["history"][-1]["loss"])
+
+
+def test_demo_without_matplotlib_keeps_its_results_and_says_how_to_get_the_plot(tmp_path, monkeypatch, capsys):
+    """The installed package has no matplotlib (an extra): markdown and JSON first, then one line, no crash."""
+    import importlib.util
+
+    from robustzoo.demo import run_demo
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # an import would raise ImportError
+    monkeypatch.setenv("ROBUSTZOO_OFFLINE", "1")
+    result = run_demo(quick=True, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "demo_results.md").exists() and not (tmp_path / "demo_robust_acc.png").exists()
+    assert json.loads((tmp_path / "demo_results.json").read_text())["arms"] == result["arms"]
+    assert "pip install 'robustzoo[plot]'" in capsys.readouterr().out
+
+
+def test_demo_out_that_is_a_file_fails_before_training(tmp_path):
+    from robustzoo.demo import run_demo
+    from robustzoo.errors import DataError
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match="--out"):
+        run_demo(quick=True, out_dir=tmp_path / "f", progress=False)
