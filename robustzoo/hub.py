@@ -119,7 +119,7 @@ def _not_published(spec: registry.WeightSpec) -> str:
             f"robustzoo.load({stand_in!r}), the same kind of model at width 0.25 trained on Fashion-MNIST{head}. "
             f"To reproduce {spec.name}, from a clone of {PROJECT_URL}: `{spec.reproduce}` (modelled cost in "
             "training/README.md: 0.04-18 hours on one H100 depending on the entry; thousands of times that on a "
-            "CPU), then robustzoo.load('path/to/model.safetensors').")
+            "CPU), then load the local file with robustzoo.load('path/to/model.safetensors').")
 
 
 PROJECT_URL = "https://github.com/robustzoo/robustzoo"

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 PER_COMMAND_S = 180
 
@@ -69,3 +71,22 @@ def test_readme_names_only_weights_that_load_or_say_they_do_not():
     for cmd in re.findall(r"robustzoo (?:download|eval|finetune) ([\w-]+)", text):
         if cmd in REGISTRY:
             assert REGISTRY[cmd].published, f"README runs `{cmd}`, which is not published"
+
+
+def _scripts() -> list[Path]:
+    root = README.parent
+    return sorted(p for folder in ("training", "benchmarks") for p in (root / folder).glob("*.py")
+                  if '__name__ == "__main__"' in p.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", _scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_script_has_a_help_that_says_what_it_does(script, tmp_path):
+    """Issue 12, point 10: `--help` exits 0 and names what the script does, its runtime class and outputs."""
+    r = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=offline_env(Path(sys.executable).parent))
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
+    text = (r.stdout + r.stderr).lower()
+    assert len(text.split()) >= 10, text
+    assert any(w in text for w in ("second", "minute", "hour")), "no runtime class in --help"
+    assert not any(tmp_path.iterdir()), "--help left files behind"
