@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .registry import REGISTRY, WeightSpec
 
-__all__ = ["format_metrics", "render_registry_table", "render_model_card", "update_model_card", "START", "END"]
+__all__ = ["format_metrics", "pct", "table", "render_registry_table", "render_model_card", "update_model_card", "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
 MINI_START, MINI_END = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
@@ -52,6 +52,20 @@ def _status(spec: WeightSpec) -> str:
     if spec.published:
         return f"Hub @ {spec.revision[:8]}"
     return "not published yet"
+
+
+def pct(v: float) -> str:
+    """An accuracy in %, two decimals (0.01 % is one image in 10,000): 59.10, never 59.0999..."""
+    return f"{float(v):.2f}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain left-aligned text table (the CLI's ``list``, ``verify`` and ``eval`` output)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def render_registry_table(registry: Mapping[str, WeightSpec] | None = None) -> str:

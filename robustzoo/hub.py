@@ -109,11 +109,7 @@ def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | N
         return Ref("local", ref, location=ref, sha256=sha256)
     spec = registry.model_info(ref)
     if not spec.published:
-        raise NotPublishedError(
-            f"{spec.name}: the weight file is not published yet. Train it with `{spec.reproduce}` "
-            "(see training/), then load the local file with robustzoo.load('path/to/model.safetensors') "
-            "or robustzoo.load('path/to/folder')."
-        )
+        raise NotPublishedError(_not_published(spec))
     if spec.embedded:
         return Ref("embedded", spec.name, spec, location=str(ZOO_DIR / f"{spec.name}.safetensors"),
                     sha256=spec.sha256)
@@ -121,6 +117,23 @@ def _parse(name_or_ref: str | os.PathLike, revision: str | None, sha256: str | N
     return Ref("hub", spec.name, spec, repo_id=spec.repo_id or f"{registry.HUB_ORG}/{spec.name}",
                 filename=spec.filename, revision=revision or spec.revision or "main",
                 sha256=spec.sha256 if pinned else sha256)
+
+
+def _not_published(spec: registry.WeightSpec) -> str:
+    """What works now instead (the Fashion-MNIST stand-in), and how to reproduce the real weight."""
+    fm = [n for n in registry.REGISTRY if n.endswith("-fmnist") and registry.REGISTRY[n].published]
+    same = [n for n in fm if n.startswith(spec.name.split("-")[0] + "-adv") and registry.REGISTRY[n].kind == spec.kind]
+    stand_in = (same or [n for n in fm if registry.REGISTRY[n].kind == spec.kind] or ["rot-adv-r18-w16-fmnist"])[0]
+    head = " (a headless backbone: pass num_classes=10 to .finetune())" \
+        if registry.REGISTRY[stand_in].kind == "backbone" else ""
+    return (f"{spec.name}: the {spec.dataset} weight file is not published yet. Works now, offline: "
+            f"robustzoo.load({stand_in!r}), the same kind of model at width 0.25 trained on Fashion-MNIST{head}. "
+            f"To reproduce {spec.name}, from a clone of {PROJECT_URL}: `{spec.reproduce}` (modelled cost in "
+            "training/README.md: 0.04-18 hours on one H100 depending on the entry; thousands of times that on a "
+            "CPU), then load the local file with robustzoo.load('path/to/model.safetensors').")
+
+
+PROJECT_URL = "https://github.com/robustzoo/robustzoo"
 
 
 def _fetch(ref: Ref, *, endpoint: str | None, cache_dir, offline: bool | None, force_download: bool,

@@ -6,6 +6,10 @@ Each registry name becomes the timm model name ``robustzoo_<name with '-' -> '_'
     model = timm.create_model("robustzoo_rot_adv_r18_w16_fmnist", pretrained=True)   # embedded weights
     model = timm.create_model("robustzoo_rot_adv_r50", num_classes=10)               # architecture only
 
+Each model carries a timm ``pretrained_cfg`` with its real input size (1x28x28 for Fashion-MNIST,
+3x32x32 for CIFAR-10) and class count, so ``timm.data.resolve_data_config(model=model)`` describes
+the right pipeline; ``timm.list_pretrained("robustzoo_*")`` lists the entries with a weight today.
+
 ``pretrained=True`` goes through :func:`robustzoo.load` (verified safetensors, strict loading,
 offline support); unpublished weights raise :class:`~robustzoo.errors.NotPublishedError`.
 """
@@ -20,7 +24,7 @@ from timm.models import register_model
 
 from .registry import REGISTRY, WeightSpec
 
-__all__ = ["timm_name", "registered"]
+__all__ = ["timm_name", "registered", "pretrained_cfg"]
 
 default_cfgs: dict[str, dict[str, Any]] = {}
 registered: list[str] = []
@@ -31,6 +35,38 @@ def timm_name(name: str) -> str:
     return "robustzoo_" + name.replace("-", "_").replace(".", "_")
 
 
+def pretrained_cfg(spec: WeightSpec) -> dict[str, Any]:
+    """timm's pretrained config of a registry entry: the real input size and class count.
+
+    ``mean``/``std`` are 0/1 on purpose: robustzoo models normalise *inside* (buffers saved with the
+    weights), so the input pipeline must hand them plain [0, 1] pixels; timm's
+    ``resolve_data_config`` + ``create_transform`` then build exactly that (ToTensor, no extra shift).
+    """
+    channels = spec.input_size[0]
+    cfg: dict[str, Any] = {
+        "input_size": tuple(spec.input_size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": (0.0,) * channels,
+        "std": (1.0,) * channels,
+        "num_classes": spec.num_classes,
+        "first_conv": "conv1",
+        "classifier": "linear",
+        "license": "mit",
+        "paper_ids": "arXiv:2003.12862",
+        "notes": ("inputs in [0,1]; normalisation is inside the model", f"dataset: {spec.dataset}"),
+    }
+    if spec.published:  # timm.list_pretrained() lists entries that name a weight source
+        from .hub import ZOO_DIR
+
+        if spec.embedded:
+            cfg["file"] = str(ZOO_DIR / f"{spec.name}.safetensors")
+        else:
+            cfg["hf_hub_id"] = f"{spec.repo_id}@{spec.revision}"
+    return cfg
+
+
 def _entrypoint(spec: WeightSpec) -> Callable[..., Any]:
     def create(pretrained: bool = False, *, num_classes: int | None = None, cache_dir: str | None = None, **kwargs):
         from . import hub
@@ -39,7 +75,12 @@ def _entrypoint(spec: WeightSpec) -> Callable[..., Any]:
         kwargs.pop("pretrained_cfg_overlay", None)
         if kwargs:
             raise TypeError(f"{timm_name(spec.name)} does not take {sorted(kwargs)}")
-        return hub.load(spec.name, pretrained=pretrained, num_classes=num_classes, cache_dir=cache_dir)
+        model = hub.load(spec.name, pretrained=pretrained, num_classes=num_classes, cache_dir=cache_dir)
+        # what timm.data.resolve_data_config(model=...) reads; the head size is the model's actual one
+        model.pretrained_cfg = {**pretrained_cfg(spec), "architecture": timm_name(spec.name),
+                                "num_classes": getattr(model, "num_classes", spec.num_classes)}
+        model.default_cfg = model.pretrained_cfg
+        return model
 
     create.__name__ = timm_name(spec.name)
     create.__qualname__ = create.__name__
@@ -52,15 +93,7 @@ def _register() -> None:
     module = sys.modules[__name__]
     for spec in REGISTRY.values():
         name = timm_name(spec.name)
-        default_cfgs[name] = {
-            "input_size": spec.input_size,
-            "num_classes": spec.num_classes,
-            "first_conv": "conv1",
-            "classifier": "linear",
-            "license": "mit",
-            "paper_ids": "arXiv:2003.12862",
-            "notes": ("inputs in [0,1]; normalisation is inside the model",),
-        }
+        default_cfgs[name] = pretrained_cfg(spec)
         fn = _entrypoint(spec)
         setattr(module, name, fn)
         register_model(fn)

@@ -1,5 +1,6 @@
 """CLI: readable tables, clear one-line errors (exit 2), no tracebacks."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def test_unknown_name_is_one_line_with_suggestions(capsys):
     assert err.startswith("error: unknown model") and "rot-adv-r18" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["nonsense"], ["eval", "rot-adv-r18"], ["convert", "--format", "pickle", "x",
+@pytest.mark.parametrize("argv", [["nonsense"], ["eval"], ["convert", "--format", "pickle", "x",
                                                                          "--out", "y"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
@@ -113,3 +114,154 @@ def test_eval_unknown_data_name_is_one_line(tiny_fmnist_model, capsys):
 def test_finetune_unknown_mode_is_one_line(tiny_fmnist_model, capsys):
     assert main(["finetune", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "64", "--mode", "adv-ful"]) == 2
     assert "adv-full" in capsys.readouterr().err
+
+
+# ---- the real entry point, in a subprocess, as a newcomer runs it (issue 12) ----
+
+def rz(*argv: str, cwd=None, timeout: float = 120, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """``robustzoo ARGV`` through the console entry point (``python -m robustzoo``), offline, one thread."""
+    import os
+
+    full = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "robustzoo", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=full, **kw)
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_list_fits_100_columns_with_wide_and_json():
+    r = rz("list")
+    assert r.returncode == 0 and max(len(line) for line in r.stdout.splitlines()) <= 100
+    assert "clean / PGD-20 (%)" in r.stdout and "70.68 / 58.30" in r.stdout  # measured, printed as measured
+    assert "probe 75.30 / 5.72" in r.stdout and "paper 85.66 / 50.05" in r.stdout
+    assert "paper" in rz("list", "--wide").stdout.splitlines()[0]
+    records = json.loads(rz("list", "--json").stdout)
+    assert {r["name"] for r in records} == set(REGISTRY)
+    assert all(r["attack"]["eps"] > 0 and r["finetune_defaults"]["epochs"] > 0 for r in records)
+
+
+def test_eval_of_a_headless_backbone_says_how_to_finetune_it_first():
+    line = one_line_error(rz("eval", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "32"))
+    assert "headless backbone" in line and "robustzoo finetune rot-adv-r18-w16-fmnist --data fmnist-mini" in line
+
+
+def test_unpublished_weight_names_the_stand_in_the_command_and_the_project():
+    line = one_line_error(rz("download", "rot-adv-r18"))
+    for part in ("rot-adv-r18-w16-fmnist", "num_classes=10", "python training/reproduce.py rot-adv-r18", "H100",
+                 "CPU", "https://"):
+        assert part in line, part
+
+
+def test_eps_above_one_needs_the_255_unit(tmp_path):
+    line = one_line_error(rz("eval", "at-baseline-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "16",
+                             "--eps", "8"))
+    assert "--eps 8/255" in line and "--eps-unit 255" in line
+    r = rz("eval", "at-baseline-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "16", "--eps", "8",
+           "--eps-unit", "255", "--attacks", "clean", "--no-progress")
+    assert r.returncode == 0 and "eps=0.03137" in r.stdout, r.stderr
+
+
+def test_eval_checks_json_path_first_and_writes_a_self_describing_report(tmp_path):
+    r = rz("eval", "at-baseline-r18-w16-fmnist", "--n", "4000", "--json", str(tmp_path / "missing" / "r.json"))
+    assert "--json" in one_line_error(r)  # before loading 4,000 images or attacking anything
+    out = tmp_path / "r.json"
+    r = rz("eval", "at-baseline-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "40", "--attacks", "clean,pgd2",
+           "--json", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["model"] == "at-baseline-r18-w16-fmnist" and report["dataset"] == "fmnist-mini"
+    assert report["n"] == 40 and report["attack"]["eps"] == 0.1  # the record's threat model, not CIFAR's 8/255
+    assert report["robustzoo"] and report["date"][:2] == "20"
+    assert all(round(v, 2) == v for v in report["accuracy"].values())
+
+
+def test_download_offline_and_demo_out_file_are_one_line(tmp_path):
+    line = one_line_error(rz("eval", "at-baseline-r18-w16-fmnist", "--data", "cifar10", "--download",
+                             "--root", str(tmp_path / "c10")))
+    assert "--download" in line and "offline" in line
+    (tmp_path / "f").write_text("x")
+    assert "--out" in one_line_error(rz("demo", "--quick", "--out", str(tmp_path / "f")))
+
+
+@pytest.mark.parametrize("argv, option", [(["finetune", "x", "--epochs", "0"], "--epochs"),
+                                          (["finetune", "x", "--val-fraction", "2"], "--val-fraction"),
+                                          (["eval", "x", "--eps", "eight"], "--eps")])
+def test_argument_errors_are_one_line_in_option_names(argv, option):
+    assert option in one_line_error(rz(*argv))
+
+
+def test_library_errors_are_translated_to_option_names(tiny_fmnist_model, capsys):
+    assert main(["finetune", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "64", "--epochs", "2",
+                 "--milestones", "5", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --milestones must be") and "milestones=" not in err
+
+
+def test_help_shows_every_default_and_they_match_the_library():
+    import inspect
+
+    from robustzoo.cli import _parser
+    from robustzoo.finetuning import finetune
+
+    parser = _parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.option_strings and action.nargs != 0 and action.dest != "help" and not action.required:
+                formatter = sub._get_formatter()
+                assert "default" in formatter._expand_help(action), (name, action.option_strings)
+    help_text = " ".join(subs["finetune"].format_help().split())
+    sig = inspect.signature(finetune).parameters
+    for option, key in (("--momentum", "momentum"), ("--weight-decay", "weight_decay"), ("--beta", "beta"),
+                        ("--eval-steps", "eval_steps"), ("--val-fraction", "val_fraction")):
+        assert f"default: {sig[key].default:g}" in help_text.replace("3e-4", "0.0003"), option
+    assert f"default: {sig['schedule'].default}" in help_text
+
+
+def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_path):
+    r = rz("finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "1", "--steps",
+           "1", "--eval-steps", "1", "--no-progress", "--out", str(tmp_path / "ft"))
+    assert r.returncode == 0, r.stderr
+    plan = r.stdout.splitlines()[0]
+    for part in ("rot-adv-r18-w16-fmnist", "96 fmnist-mini images", "mode adv-full", "eps 0.1 ", "step 0.025",
+                 "1 epoch,", "device cpu", "estimated"):
+        assert part in plan, part
+    assert "best epoch 1" in r.stdout
+    from robustzoo.weights import load_file
+
+    assert load_file(tmp_path / "ft").num_classes == 10  # the headless backbone got a head sized from the labels
+
+
+def test_resume_without_a_checkpoint_refuses_when_not_interactive(tmp_path):
+    line = one_line_error(rz("finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "64",
+                             "--resume", "--out", str(tmp_path / "none"), stdin=subprocess.DEVNULL))
+    assert "no checkpoint" in line and "without --resume" in line
+
+
+def test_ctrl_c_prints_the_command_that_resumes(tmp_path):
+    import os
+    import shlex
+    import signal
+    import time
+
+    out = tmp_path / "ft"
+    argv = ["finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "3", "--steps",
+            "1", "--eval-steps", "1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "robustzoo", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "ckpt.safetensors").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    command = err.strip().splitlines()[-1].strip()
+    assert command == "robustzoo " + shlex.join(argv + ["--resume"])
+    r = rz(*shlex.split(command)[1:], timeout=180)
+    assert r.returncode == 0 and "best epoch" in r.stdout, r.stderr

@@ -54,3 +54,55 @@ def test_demo_is_reproducible_whatever_ran_before(tmp_path, monkeypatch):
         runs.append(json.loads((tmp_path / str(i) / "demo_results.json").read_text())["arms"])
     for a, b in zip(*runs):
         assert (a["clean"], a["pgd20"], a["history"][-1]["loss"]) == (b["clean"], b["pgd20"], b["history"][-1]["loss"])
+
+
+def test_demo_without_matplotlib_keeps_its_results_and_says_how_to_get_the_plot(tmp_path, monkeypatch, capsys):
+    """The installed package has no matplotlib (an extra): markdown and JSON first, then one line, no crash."""
+    import importlib.util
+
+    from robustzoo.demo import run_demo
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # an import would raise ImportError
+    monkeypatch.setenv("ROBUSTZOO_OFFLINE", "1")
+    result = run_demo(quick=True, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "demo_results.md").exists() and not (tmp_path / "demo_robust_acc.png").exists()
+    assert json.loads((tmp_path / "demo_results.json").read_text())["arms"] == result["arms"]
+    assert "pip install 'robustzoo[plot]'" in capsys.readouterr().out
+
+
+def test_demo_out_that_is_a_file_fails_before_training(tmp_path):
+    from robustzoo.demo import run_demo
+    from robustzoo.errors import DataError
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match="--out"):
+        run_demo(quick=True, out_dir=tmp_path / "f", progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_network_full_finetune_accuracy_does_not_swing_with_the_seed():
+    """Issue 12, point 15: the demo's network trained with mode="full" on the demo's data, three seeds.
+
+    With horizontal flips (finetune's CIFAR default) seed 1 reached 43.5 % and seed 2 69.5 % test
+    accuracy; a plain PyTorch loop gave 66-76 %. Fashion-MNIST shoes all face one way, so the demo
+    trains without flips; then the seeds agree within a few points.
+    """
+    import torch
+
+    from robustzoo.demo import DEFAULTS, _subset
+    from robustzoo.finetuning import finetune
+    from robustzoo.fmnist import load_embedded
+    from robustzoo.models import create_model
+
+    train = _subset(*load_embedded("train"), DEFAULTS["n_train"])
+    x_test, y_test = _subset(*load_embedded("test"), DEFAULTS["n_test"])
+    accs = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = create_model("resnet18", width=0.25, in_chans=1, num_classes=10, mean=(0.286,), std=(0.353,))
+        finetune(model, train, mode="full", epochs=3, padding=2, flip=False, eval_steps=0, seed=seed, progress=False)
+        with torch.no_grad():
+            accs.append(100 * (model(x_test).argmax(1) == y_test).float().mean().item())
+    assert min(accs) > 55 and max(accs) - min(accs) < 12, accs

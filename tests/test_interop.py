@@ -80,3 +80,25 @@ def test_timm_unpublished_pretrained_is_a_clear_error():
 
     with pytest.raises(NotPublishedError, match="not published"):
         timm.create_model("robustzoo_selfie_adv_r50", pretrained=True)
+
+
+def test_timm_data_config_is_the_real_one_not_imagenet():
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    import robustzoo.timm  # noqa: F401
+
+    model = timm.create_model("robustzoo_at_baseline_r18_w16_fmnist", pretrained=True)
+    cfg = resolve_data_config({}, model=model)
+    assert cfg["input_size"] == (1, 28, 28) and cfg["mean"] == (0.0,) and cfg["std"] == (1.0,)
+    assert model.pretrained_cfg["num_classes"] == 10
+    # the pipeline timm builds from it hands the model plain [0, 1] pixels (it normalises inside)
+    from PIL import Image
+
+    x = create_transform(**cfg)(Image.new("L", (28, 28), color=255))
+    assert x.shape == (1, 28, 28) and float(x.max()) == 1.0
+    bare = timm.create_model("robustzoo_rot_adv_r50", num_classes=7)
+    assert resolve_data_config({}, model=bare)["input_size"] == (3, 32, 32)
+    assert bare.pretrained_cfg["num_classes"] == 7
+    listed = timm.list_pretrained("robustzoo_*")
+    assert "robustzoo_rot_adv_r18_w16_fmnist" in listed and "robustzoo_rot_adv_r50" not in listed
