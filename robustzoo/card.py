@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .registry import REGISTRY, WeightSpec
 
-__all__ = ["format_metrics", "pct", "table", "render_registry_table", "render_model_card", "update_model_card", "START", "END"]
+__all__ = ["format_metrics", "pct", "table", "render_registry_table", "render_model_card", "update_model_card",
+           "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
 MINI_START, MINI_END = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
