@@ -229,10 +229,10 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
                 if path.exists():
                     continue
                 print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 rec = run_cell(cell, plan, out)
                 rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
-                           threads=torch.get_num_threads())
+                           cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
                 write_json(path, rec)
                 print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} "
                       f"({time.time() - t0:.0f}s)", flush=True)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(measure_rates(plan), indent=1))
     else:
-        from mini_stats import merge
+        from mini_report import merge
 
         merge(plan, out, Path(args.json), update_results=args.update_results)
     return 0
