@@ -201,12 +201,14 @@ def run_cell(cell: Cell, plan: Plan, out: Path) -> dict:
     return fn(cell, plan, out)
 
 
-def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, kinds: tuple = ()) -> int:
+def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, kinds: tuple = (),
+         wait: float = 0) -> int:
     """Run cells until none is left that this worker can take; returns the number run.
 
     A cell is taken when its file does not exist, its dependencies do, and its lock is free (the
     other worker holds the lock of the cell it runs). Results are written atomically, so a killed
-    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint."""
+    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint. With
+    ``wait`` (seconds) a worker with nothing ready polls until every cell of the plan is done."""
     from filelock import FileLock, Timeout
 
     done = 0
@@ -242,15 +244,32 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
             ran = True
             break
         if not ran:
-            return done
+            left = [c for c in all_cells(plan) if not (out / "cells" / f"{c.key}.json").exists()
+                    and (not kinds or c.kind in kinds)]
+            if not wait or not left:
+                return done
+            time.sleep(wait)  # the other worker holds, or is producing the dependencies of, what is left
     return done
+
+
+def _held(out: Path, key: str) -> bool:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / "locks" / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def status(plan: Plan, out: Path) -> list[str]:
     rows = []
     for cell in all_cells(plan):
         path = out / "cells" / f"{cell.key}.json"
-        state = "done" if path.exists() else "ready" if all(
+        held = (out / "locks" / f"{cell.key}.lock").exists() and _held(out, cell.key)
+        state = "done" if path.exists() else "running" if held else "ready" if all(
             (out / "cells" / f"{d}.json").exists() for d in cell.deps) else "waiting"
         if cell.kind == "pretrain" and state != "done":
             m = out / "pretrain" / f"{cell.arm}-p{cell.pretrain_seed}" / "metrics.jsonl"
@@ -271,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.choices["work"]
     w.add_argument("--worker", type=int, default=0)
     w.add_argument("--max-cells", type=int, default=None)
+    w.add_argument("--wait", type=float, default=0, help="poll every N seconds while cells are blocked")
     w.add_argument("--kinds", nargs="*", default=[], choices=["pretrain", "finetune", "ensemble", "aa"])
     m = sub.choices["merge"]
     m.add_argument("--json", default=str(ROOT / "benchmarks" / "mini_repro.json"))
@@ -281,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = SMOKE if args.smoke else Plan()
     out = Path(args.out)
     if args.cmd == "work":
-        n = work(plan, out, args.worker, max_cells=args.max_cells, kinds=tuple(args.kinds))
+        n = work(plan, out, args.worker, max_cells=args.max_cells, kinds=tuple(args.kinds), wait=args.wait)
         print(f"[worker {args.worker}] ran {n} cells; nothing left that it can take now", flush=True)
     elif args.cmd == "status":
         print("\n".join(status(plan, out)))
