@@ -141,7 +141,7 @@ def update_model_card(text: str, path: Path = ROOT / "MODEL_CARD.md") -> None:
     path.write_text(f"{head}{CARD[0]}\n{intro}\n\n{body}\n{CARD[1]}{rest.split(CARD[1], 1)[1]}")
 
 
-def merge(plan, out: Path, json_path: Path, *, update_results: bool = False) -> dict:
+def merge(plan, out: Path, json_path: Path, *, update_results: bool = False, update_card: bool = False) -> dict:
     res = build(plan, out)
     json_path.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, json_path.with_suffix(".png"))
@@ -149,6 +149,7 @@ def merge(plan, out: Path, json_path: Path, *, update_results: bool = False) -> 
     json_path.with_suffix(".md").write_text(md + "\n")
     if update_results:
         update_results_section(md)
+    if update_card:
         update_model_card(md)
     print(md)
     return res

@@ -26,7 +26,7 @@ MODEL_CARD.md blocks) from whatever cells exist.
     nice -n 19 python benchmarks/mini_repro.py work --worker 0 &
     nice -n 19 python benchmarks/mini_repro.py work --worker 1 &
     python benchmarks/mini_repro.py status
-    python benchmarks/mini_repro.py merge [--update-results]
+    python benchmarks/mini_repro.py merge [--update-results] [--update-card]
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.choices["merge"]
     m.add_argument("--json", default=str(ROOT / "benchmarks" / "mini_repro.json"))
     m.add_argument("--update-results", action="store_true",
-                   help="also rewrite the mini_repro blocks of benchmarks/RESULTS.md and MODEL_CARD.md")
+                   help="also rewrite the generated part of the mini_repro section of benchmarks/RESULTS.md")
+    m.add_argument("--update-card", action="store_true", help="also rewrite the mini_repro block of MODEL_CARD.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = SMOKE if args.smoke else Plan()
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from mini_report import merge
 
-        merge(plan, out, Path(args.json), update_results=args.update_results)
+        merge(plan, out, Path(args.json), update_results=args.update_results, update_card=args.update_card)
     return 0
 
 

@@ -137,3 +137,14 @@ def test_one_real_cell_end_to_end(tmp_path, monkeypatch):
     assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, max_cells=1, kinds=("finetune",)) == 0  # nothing ready
     res = build(mini_repro.SMOKE, tmp_path)
     assert res["partial"] and res["cells"][0]["epochs_to_target"] is not None
+
+
+def test_results_section_keeps_the_hand_written_plan(tmp_path):
+    from mini_report import SECTION, update_results_section
+
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n## Mini\n{SECTION}\nold table\n\n<!-- mini_repro plan -->\nthe plan\n## Next\nkeep\n")
+    update_results_section("new table", doc)
+    text = doc.read_text()
+    assert "new table" in text and "old table" not in text
+    assert "<!-- mini_repro plan -->\nthe plan\n## Next\nkeep" in text
