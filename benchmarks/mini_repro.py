@@ -207,7 +207,8 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
 
     A cell is taken when its file does not exist, its dependencies do, and its lock is free (the
     other worker holds the lock of the cell it runs). Results are written atomically, so a killed
-    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint. With
+    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint. A cell
+    that raises is recorded in ``errors/<key>.txt`` and skipped until that file is deleted. With
     ``wait`` (seconds) a worker with nothing ready polls until every cell of the plan is done."""
     from filelock import FileLock, Timeout
 
@@ -218,7 +219,7 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
         ran = False
         for cell in all_cells(plan):
             path = out / "cells" / f"{cell.key}.json"
-            if path.exists() or (kinds and cell.kind not in kinds):
+            if path.exists() or (kinds and cell.kind not in kinds) or (out / "errors" / f"{cell.key}.txt").exists():
                 continue
             if not all((out / "cells" / f"{d}.json").exists() for d in cell.deps):
                 continue
@@ -232,7 +233,13 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
                     continue
                 print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
                 t0, c0 = time.time(), time.process_time()
-                rec = run_cell(cell, plan, out)
+                try:
+                    rec = run_cell(cell, plan, out)
+                except Exception as e:  # one broken cell must not stop the queue: record it, go on
+                    (out / "errors").mkdir(exist_ok=True)
+                    (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
+                    print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
+                    continue
                 rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
                            cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
                 write_json(path, rec)
@@ -244,8 +251,9 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
             ran = True
             break
         if not ran:
+            failed = {p.stem for p in (out / "errors").glob("*.txt")}
             left = [c for c in all_cells(plan) if not (out / "cells" / f"{c.key}.json").exists()
-                    and (not kinds or c.kind in kinds)]
+                    and (not kinds or c.kind in kinds) and not failed & {c.key, *c.deps}]
             if not wait or not left:
                 return done
             time.sleep(wait)  # the other worker holds, or is producing the dependencies of, what is left
@@ -269,7 +277,8 @@ def status(plan: Plan, out: Path) -> list[str]:
     for cell in all_cells(plan):
         path = out / "cells" / f"{cell.key}.json"
         held = (out / "locks" / f"{cell.key}.lock").exists() and _held(out, cell.key)
-        state = "done" if path.exists() else "running" if held else "ready" if all(
+        failed = (out / "errors" / f"{cell.key}.txt").exists()
+        state = "done" if path.exists() else "FAILED (errors/)" if failed else "running" if held else "ready" if all(
             (out / "cells" / f"{d}.json").exists() for d in cell.deps) else "waiting"
         if cell.kind == "pretrain" and state != "done":
             m = out / "pretrain" / f"{cell.arm}-p{cell.pretrain_seed}" / "metrics.jsonl"
