@@ -148,3 +148,17 @@ def test_results_section_keeps_the_hand_written_plan(tmp_path):
     text = doc.read_text()
     assert "new table" in text and "old table" not in text
     assert "<!-- mini_repro plan -->\nthe plan\n## Next\nkeep" in text
+
+
+def test_a_failing_cell_is_recorded_and_skipped(tmp_path, monkeypatch):
+    calls = []
+
+    def boom(cell, plan, out):
+        calls.append(cell.key)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mini_repro, "run_cell", boom)
+    assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, kinds=("finetune",)) == 0
+    assert calls == ["ft-scratch-s0-n64"]  # the other cells wait on pretraining; nothing else to take
+    assert "disk full" in (tmp_path / "errors" / "ft-scratch-s0-n64.txt").read_text()
+    assert any("ft-scratch-s0-n64" in r and "FAILED" in r for r in mini_repro.status(mini_repro.SMOKE, tmp_path))
