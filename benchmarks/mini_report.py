@@ -79,12 +79,16 @@ def markdown(res: dict) -> str:
     pt += [f"| {r['arm']} | {r['pretrain_seed']} | {r['pool']} | {r['passes']} | "
            f"{' '.join(f'{v:.2f}' for v in r['val_score_curve'])} | {r['cpu_seconds'] / 3600:.2f} |"
            for r in res["pretraining"]]
+    span = f"{'all' if p['test_n'] >= 10000 else 'the first'} {p['test_n']:,}"
+    for table in (pt, aa):
+        if len(table) == 2:
+            table.append("| (none finished yet) |" + " |" * (table[1].count("|") - 2))
     return "\n".join([
         head + f"Measured on {res['machine']}, merged {res['merged']} by `python benchmarks/mini_repro.py merge` "
         f"from the cells in benchmarks/repro/cells ({res['cells_done']} of {res['cells_planned']} done, "
         f"{res['cpu_hours_in_cells']} CPU hours in them so far). ResNet-18 width {p['width']}, Linf eps 0.1; "
         f"adversarial full fine-tuning (PGD-{p['steps']}) on {p['labels']} labels for {p['ft_epochs']} epochs; "
-        f"test clean and PGD-20 on the first {p['test_n']} test images. Intervals: {res['interval']} (they cover "
+        f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
         "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
         "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
         "below 0 on the claimed side; inconclusive = it spans 0.", "", *pt, "", *rows, "", *comp, "", *aa, "",
@@ -114,7 +118,8 @@ def plot(res: dict, path: Path) -> None:
                 label=f"{r['arm']} p{r['pretrain_seed']}")
     bx.set_xlabel("pass over the pool", fontsize=8)
     bx.set_ylabel("held-out pretext score (robust if adv)", fontsize=8)
-    bx.legend(fontsize=6)
+    if res["pretraining"]:
+        bx.legend(fontsize=6)
     bx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
