@@ -1,326 +1,330 @@
-"""The paper's experiment in miniature on Fashion-MNIST, on CPU, in one script.
+"""The paper's three claims on Fashion-MNIST, with paired seeds and 95 % intervals, as resumable cells.
 
-Chen et al. (CVPR 2020) compare no / standard / adversarial self-supervised pretraining (rotation,
-jigsaw, ensemble) x partial / full / adversarial full fine-tuning. Here, at a CPU scale:
+Chen et al. (CVPR 2020) claim that adversarial self-supervised pretraining (1) makes adversarial
+fine-tuning end more robust, (2) saves fine-tuning epochs, and (3) helps more as an ensemble of
+pretext tasks. This script tests the three claims at CPU scale (the design and the budget arithmetic
+are in benchmarks/RESULTS.md, section "Mini-reproduction"):
 
-* pretraining: none, rot-std, rot-adv, jig-adv through ``training/pretrain.py`` (the recipes
-  ``*-r18-w16-fmnist`` with CPU-sized overrides), ResNet-18 width 0.125, PGD-3 (eps 0.1, step 0.04) for adv;
-  fine-tuning through :func:`robustzoo.finetune` (cosine schedule; see ``mini_lib.py``);
-* fine-tuning: partial (layer4 + head), full (standard CE), adv-full (Madry PGD-3, train mode);
-* the paper's "ensemble" is represented by the softmax ensemble of the rot-adv and jig-adv
-  adv-full classifiers (the fine-tune ensemble, its best reported model); ensemble *pretraining*
-  (with selfie) does not fit the CPU budget and is not run;
-* seeds 0, 1, 2 (pretraining and fine-tuning both re-seeded): mean and sample std;
-* test: clean on the full 10,000 Fashion-MNIST test images; PGD-20 (eps 0.1, step 0.025, eval
-  mode) on the first ``--pgd-n`` (default: all 10,000); AutoAttack (standard) on the first ``--aa-n``
-  for seed-0 adv-full models; per-epoch validation (held-out embedded training images) gives the epochs needed to
-  reach the scratch baseline's best validation robust accuracy (the compute-saving claim).
+* pretraining (``training/pretrain.py`` through ``training.recipes.resolve``) on the unlabeled
+  60,000-image Fashion-MNIST training pool (labels unused) for rot-std, rot-adv and jig-adv; the
+  ensemble pretraining (rotation + jigsaw + selfie on a shared trunk, joint PGD, log-det penalty)
+  on a smaller pool (``Plan.ens_pool``); ResNet-18 width ``Plan.width``, PGD-3 (eps 0.1, step 0.04);
+* adversarial full fine-tuning (:func:`robustzoo.finetune`, Madry PGD-3) on ``Plan.labels``
+  labeled training images, and a separate validation split, both drawn by the fine-tuning seed;
+  the same seed drives the subset, the new head, the data order and the attack starts in every
+  arm, so arm minus scratch is a paired difference;
+* test: clean and PGD-20 (eval mode, step 0.025) on all 10,000 test images per cell; AutoAttack on
+  a fixed subset for the seed-0 model of each arm, in chunks (``benchmarks/aa_chunks.py`` style).
 
-Writes ``benchmarks/mini_repro.json``, ``benchmarks/mini_repro.md`` and ``benchmarks/mini_repro.png``.
+Every cell is one JSON file under ``benchmarks/repro/cells`` (atomic, tagged with the commit and
+the recipe); ``work`` runs the next cell nobody holds (a file lock per cell, so 2 workers share the
+queue) and resumes a cut-off pretraining from its per-epoch checkpoint; ``merge`` builds
+``benchmarks/mini_repro.json``/``.png``/``.md`` (and with ``--update-results`` the RESULTS.md
+block) from whatever cells exist; MODEL_CARD.md renders its block from ``mini_repro.md``.
 
-    python benchmarks/mini_repro.py [--seeds 0 1 2] [--n-train 2000] [--resume]
+    python benchmarks/mini_repro.py rates                     # measured step rates for the budget
+    nice -n 19 python benchmarks/mini_repro.py work --worker 0 &
+    nice -n 19 python benchmarks/mini_repro.py work --worker 1 &
+    python benchmarks/mini_repro.py status
+    python benchmarks/mini_repro.py merge [--update-results]   # then: python -m robustzoo.card --write MODEL_CARD.md
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_lib import EPS, MACHINE, ROOT, finetune_loop, for_eval, pretrain  # noqa: E402
+from mini_lib import EPS, MACHINE, ROOT  # noqa: E402
 
-from robustzoo.models import ResNet, SoftmaxEnsemble  # noqa: E402
-
-OUT = ROOT / "benchmarks"
-PRETRAIN = {"none": None, "rot-std": "rot-std-r18-w16-fmnist", "rot-adv": "rot-adv-r18-w16-fmnist",
-            "jig-adv": "jig-adv-r18-w16-fmnist"}
-MODES = ("partial", "full", "adv-full")
+OUT = ROOT / "benchmarks" / "repro"
+PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18"}
+FT_ARMS = ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv")
+ENSEMBLE_MEMBERS = ("rot-adv", "jig-adv", "ens-adv")  # the fine-tuned 3-model softmax ensemble ("ens-ft")
 
 
-def _test(model, data, args, *, aa: bool = False) -> dict:
-    from robustzoo.evaluation import evaluate
+@dataclass(frozen=True)
+class Plan:
+    """Every setting of the experiment (``smoke`` shrinks it for the test suite)."""
 
-    model = for_eval(model)
-    clean = evaluate(model, data["test"], eps=EPS, attacks=("clean",), progress=False)
-    rob = evaluate(model, data["test"], eps=EPS, attacks=("clean", "pgd20"), n=args.pgd_n, progress=False)
-    out = {"clean": clean.accuracy["clean"], "pgd20": rob.accuracy["pgd20"]}
-    if aa and args.aa_n:
-        a = evaluate(model, data["test"], eps=EPS, attacks=("clean", "autoattack"), n=args.aa_n, progress=False)
-        out["autoattack"] = a.accuracy["autoattack"]
-    return out
+    width: float = 0.125  # 8 stem channels ("-w8-")
+    pt_passes: int = 12  # passes over the pool for the single-task arms
+    ens_passes: int = 8
+    ens_pool: int = 10000  # ensemble pretraining pool (60,000 does not fit: ~15x the cost per image)
+    pool: int = 0  # 0 = all 60,000 training images
+    pt_val_fraction: float = 0.02  # held out of the pool for the pretext curve (1,200 images at 60,000)
+    pt_test_n: int = 1000
+    pt_batch: int = 128
+    pt_seeds: tuple = (0, 1)
+    steps: int = 3  # training PGD steps (pretraining and fine-tuning)
+    alpha: float = 0.04
+    labels: int = 2000
+    val_labels: int = 500
+    ft_seeds: tuple = tuple(range(8))
+    ft_epochs: int = 15
+    ft_batch: int = 64
+    ft_lr: float = 0.05
+    val_steps: int = 5  # PGD steps of the per-epoch validation attack (claim 2's target)
+    test_n: int = 10000
+    aa_n: int = 500
+    aa_chunk: int = 50
+    dataset: str = "fashion-mnist"
+
+    def pretrain_seed(self, seed: int, arm: str) -> int | None:
+        """Fine-tuning seed -> pretraining seed of its backbone (alternating, so both are covered)."""
+        if arm == "scratch":
+            return None
+        return 0 if arm == "rot-std" else self.pt_seeds[seed % len(self.pt_seeds)]
 
 
-def run_seed(seed: int, data: dict, args, results: dict, save) -> None:
-    backbones = {}
-    for p, recipe in PRETRAIN.items():
-        if recipe is None:
-            continue
-        adv = p.endswith("-adv")
-        t0 = time.perf_counter()
-        bb, _ = pretrain(recipe, n_train=args.n_train, width=args.width, epochs=args.pt_epochs + (0 if adv else 1),
-                         steps=args.steps, alpha=args.alpha, seed=seed, batch_size=args.batch_size)
-        backbones[p] = bb
-        results["pretrain_seconds"][f"{p}/{seed}"] = seconds = round(time.perf_counter() - t0, 1)
-        print(f"pretrained {p} seed {seed} in {seconds:.0f}s", flush=True)
-    adv_models = {}
-    for p in PRETRAIN:
-        for mode in MODES:
-            key = f"{p}/{mode}/{seed}"
-            if key in results["cells"]:
+SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt_val_fraction=0.1, pt_test_n=32,
+             pt_batch=32, pt_seeds=(0,), labels=64, val_labels=32, ft_seeds=(0,), ft_epochs=1, ft_batch=32,
+             val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist")
+
+
+def commit() -> str:
+    from training.checkpoint import git_commit
+
+    return git_commit()
+
+
+def write_json(path: Path, obj: dict) -> None:
+    from robustzoo.weights import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+# ------------------------------------------------------------------------------------ pretraining
+
+
+def pretrain_overrides(plan: Plan, arm: str, pseed: int, out_dir: Path) -> dict:
+    """Flat overrides for ``training.recipes.resolve``: one optimiser for every arm (so arms differ only in
+    the task), the Fashion-MNIST threat model, PGD-3 pretraining, the pool and the passes of the plan."""
+    ens = arm == "ens-adv"
+    return dict(width=plan.width, in_chans=1, dataset=plan.dataset, eps=EPS, alpha=plan.alpha,
+                attack_steps=plan.steps, subset=plan.ens_pool if ens else plan.pool,
+                val_fraction=plan.pt_val_fraction, crop_pad=2, epochs=plan.ens_passes if ens else plan.pt_passes,
+                batch_size=plan.pt_batch, lr=0.1, weight_decay=3e-4, nesterov=False, final_lr=1e-6,
+                warmup_iters=min(200, _pass_iters(plan, ens)), warmup_from=0.01, warmup_to=0.1, seed=pseed,
+                test_n=plan.pt_test_n, val_attack_steps=10, selfie_layers=4, selfie_heads=4, progress=False,
+                out_dir=str(out_dir))
+
+
+def _pass_iters(plan: Plan, ens: bool) -> int:
+    """Iterations per pass: the warm-up (200 iterations in the paper) never outlasts the first pass."""
+    pool = (plan.ens_pool if ens else plan.pool) or 60000
+    return max(1, round(pool * (1 - plan.pt_val_fraction)) // plan.pt_batch)
+
+
+def run_pretrain(plan: Plan, out: Path, arm: str, pseed: int) -> dict:
+    from training.pretrain import pretrain
+    from training.recipes import resolve
+
+    run_dir = out / "pretrain" / f"{arm}-p{pseed}"
+    overrides = pretrain_overrides(plan, arm, pseed, run_dir)
+    recipe = resolve(PT_RECIPE[arm], overrides)
+    t0 = time.time()
+    report = pretrain(recipe, resume=True)
+    metric = "val_score"
+    return {"kind": "pretrain", "arm": arm, "pretrain_seed": pseed, "commit": commit(), "recipe": PT_RECIPE[arm],
+            "overrides": overrides, "pool": (plan.ens_pool if arm == "ens-adv" else plan.pool) or 60000,
+            "passes": recipe.epochs, "best_epoch": report["best_epoch"], "test": report["test"],
+            "curve": [{k: v for k, v in r.items() if k.startswith(("epoch", "train_", "val_", "seconds"))}
+                      for r in report["history"]],
+            "final_val_score": report["history"][-1][metric], "cpu_seconds_this_process": round(time.time() - t0, 1),
+            "cpu_seconds_total": round(sum(r["seconds"] for r in report["history"]), 1),
+            "backbone": str((run_dir / "model.safetensors").relative_to(ROOT)) if run_dir.is_relative_to(ROOT)
+            else str(run_dir / "model.safetensors"), "machine": MACHINE, "date": time.strftime("%Y-%m-%d")}
+
+
+# ------------------------------------------------------------------------------------- the queue
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str  # file name stem under cells/
+    kind: str  # pretrain | finetune | ensemble | aa
+    arm: str
+    seed: int | None = None
+    pretrain_seed: int | None = None
+    deps: tuple = ()  # cell keys that must exist first
+    start: int = 0  # aa chunks
+    end: int = 0
+
+
+def pt_key(arm: str, pseed: int) -> str:
+    return f"pt-{arm}-p{pseed}"
+
+
+def ft_key(arm: str, seed: int, plan: Plan) -> str:
+    p = plan.pretrain_seed(seed, arm)
+    return f"ft-{arm}{'' if p is None else f'-p{p}'}-s{seed}-n{plan.labels}"
+
+
+def all_cells(plan: Plan) -> list[Cell]:
+    """Every cell of the plan, in the order the workers take them (long poles and seed-major pairs first)."""
+    cells = []
+    for pseed in plan.pt_seeds:
+        for arm in ("rot-adv", "jig-adv", "rot-std", "ens-adv") if pseed == plan.pt_seeds[0] else \
+                ("rot-adv", "jig-adv", "ens-adv"):
+            cells.append(Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed))
+    for seed in plan.ft_seeds:
+        for arm in FT_ARMS:
+            p = plan.pretrain_seed(seed, arm)
+            cells.append(Cell(ft_key(arm, seed, plan), "finetune", arm, seed, p,
+                              deps=() if p is None else (pt_key(arm, p),)))
+        cells.append(Cell(f"ens-ft-s{seed}-n{plan.labels}", "ensemble", "ens-ft", seed,
+                          deps=tuple(ft_key(a, seed, plan) for a in ENSEMBLE_MEMBERS)))
+    seed0 = plan.ft_seeds[0]
+    for arm in (*FT_ARMS, "ens-ft"):
+        dep = f"ens-ft-s{seed0}-n{plan.labels}" if arm == "ens-ft" else ft_key(arm, seed0, plan)
+        for start in range(0, plan.aa_n, plan.aa_chunk):
+            end = min(plan.aa_n, start + plan.aa_chunk)
+            cells.append(Cell(f"aa-{arm}-s{seed0}-{start:05d}-{end:05d}", "aa", arm, seed0, deps=(dep,),
+                              start=start, end=end))
+    return cells
+
+
+def run_cell(cell: Cell, plan: Plan, out: Path) -> dict:
+    if cell.kind == "pretrain":
+        return run_pretrain(plan, out, cell.arm, cell.pretrain_seed)
+    from mini_cells import run_aa, run_ensemble, run_finetune
+
+    fn = {"finetune": run_finetune, "ensemble": run_ensemble, "aa": run_aa}[cell.kind]
+    return fn(cell, plan, out)
+
+
+def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, kinds: tuple = (),
+         wait: float = 0) -> int:
+    """Run cells until none is left that this worker can take; returns the number run.
+
+    A cell is taken when its file does not exist, its dependencies do, and its lock is free (the
+    other worker holds the lock of the cell it runs). Results are written atomically, so a killed
+    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint. A cell
+    that raises is recorded in ``errors/<key>.txt`` and skipped until that file is deleted. With
+    ``wait`` (seconds) a worker with nothing ready polls until every cell of the plan is done."""
+    from filelock import FileLock, Timeout
+
+    done = 0
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    (out / "locks").mkdir(parents=True, exist_ok=True)
+    while max_cells is None or done < max_cells:
+        ran = False
+        for cell in all_cells(plan):
+            path = out / "cells" / f"{cell.key}.json"
+            if path.exists() or (kinds and cell.kind not in kinds) or (out / "errors" / f"{cell.key}.txt").exists():
                 continue
-            torch.manual_seed(1000 + seed)
-            if p == "none":
-                model = ResNet("resnet18", num_classes=10, in_chans=1, width=args.width)
-            else:  # the pretrained headless backbone plus a fresh 10-way head
-                model = copy.deepcopy(backbones[p])
-                model.reset_classifier(10)
-            t0 = time.perf_counter()
-            epochs = args.ft_epochs if mode == "adv-full" else args.std_epochs
-            model, hist, best = finetune_loop(model, data["train"], data["val"], mode=mode, epochs=epochs,
-                                              steps=args.steps, alpha=args.alpha, seed=seed, val_steps=args.val_steps,
-                                              batch_size=args.batch_size, lr=args.lr)
-            train_s = time.perf_counter() - t0
-            test = _test(model, data, args, aa=(mode == "adv-full" and seed == 0))
-            results["cells"][key] = {"pretrain": p, "mode": mode, "seed": seed, "best_epoch": best,
-                                     "history": hist, "train_seconds": round(train_s, 1), **test}
-            if mode == "adv-full":
-                adv_models[p] = model
-            print(f"{key}: clean {test['clean']:.1f} pgd20 {test['pgd20']:.1f} "
-                  f"{'AA {:.1f} '.format(test['autoattack']) if 'autoattack' in test else ''}"
-                  f"best ep {best + 1} ({train_s:.0f}s train)", flush=True)
-            save()
-    if {"rot-adv", "jig-adv"} <= set(adv_models):
-        ens = SoftmaxEnsemble([adv_models["rot-adv"], adv_models["jig-adv"]]).eval()
-        results["cells"][f"ens-ft/adv-full/{seed}"] = {"pretrain": "ens-ft", "mode": "adv-full", "seed": seed,
-                                                        **_test(ens, data, args, aa=seed == 0)}
-        save()
-
-
-def _span(n: int) -> str:
-    return "all 10,000" if n >= 10000 else f"the first {n}"
-
-
-def _ms(vals: list[float]) -> str:
-    if not vals:
-        return "-"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
-
-
-def epochs_to_target(results: dict) -> dict:
-    """Per pretraining: epochs of adv-full fine-tuning until val RA >= the scratch arm's best val RA (same seed)."""
-    out = {}
-    for p in PRETRAIN:
-        got = []
-        for seed in results["seeds"]:
-            base, cell = results["cells"].get(f"none/adv-full/{seed}"), results["cells"].get(f"{p}/adv-full/{seed}")
-            if not base or not cell:
+            if not all((out / "cells" / f"{d}.json").exists() for d in cell.deps):
                 continue
-            target = max(h["val_robust"] for h in base["history"])
-            hit = [h["epoch"] + 1 for h in cell["history"] if h["val_robust"] >= target]
-            got.append(hit[0] if hit else None)
-        out[p] = got
-    return out
-
-
-def report(results: dict, args) -> str:
-    cells = results["cells"]
-    rows = [f"| pretraining | fine-tuning | clean (10k) | PGD-20 ({_span(args.pgd_n)}) | AutoAttack (first "
-            f"{args.aa_n}, seed 0) | best epoch | epochs to scratch's best val RA |",
-            "|---|---|---|---|---|---|---|"]
-    ett = epochs_to_target(results)
-    for p in [*PRETRAIN, "ens-ft"]:
-        for mode in MODES:
-            cs = [cells[k] for k in cells if k.startswith(f"{p}/{mode}/")]
-            if not cs:
+            lock = FileLock(str(out / "locks" / f"{cell.key}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
                 continue
-            aa = [c["autoattack"] for c in cs if "autoattack" in c]
-            be = [c["best_epoch"] + 1 for c in cs if "best_epoch" in c]
-            e = ett.get(p, []) if mode == "adv-full" else []
-            rows.append(f"| {p} | {mode} | {_ms([c['clean'] for c in cs])} | {_ms([c['pgd20'] for c in cs])} | "
-                        f"{f'{aa[0]:.1f}' if aa else '-'} | {', '.join(map(str, be)) or '-'} | "
-                        f"{', '.join(f'>{args.ft_epochs}' if v is None else str(v) for v in e) or '-'} |")
-    return "\n".join(rows)
+            try:
+                if path.exists():
+                    continue
+                print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
+                t0, c0 = time.time(), time.process_time()
+                try:
+                    rec = run_cell(cell, plan, out)
+                except Exception as e:  # one broken cell must not stop the queue: record it, go on
+                    (out / "errors").mkdir(exist_ok=True)
+                    (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
+                    print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
+                    continue
+                rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
+                           cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
+                write_json(path, rec)
+                print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+            finally:
+                lock.release()
+            done += 1
+            ran = True
+            break
+        if not ran:
+            failed = {p.stem for p in (out / "errors").glob("*.txt")}
+            left = [c for c in all_cells(plan) if not (out / "cells" / f"{c.key}.json").exists()
+                    and (not kinds or c.kind in kinds) and not failed & {c.key, *c.deps}]
+            if not wait or not left:
+                return done
+            time.sleep(wait)  # the other worker holds, or is producing the dependencies of, what is left
+    return done
 
 
-def verdicts(results: dict, args) -> list[str]:
-    c = results["cells"]
+def _held(out: Path, key: str) -> bool:
+    from filelock import FileLock, Timeout
 
-    def mean(p, mode, key="pgd20"):
-        v = [c[k][key] for k in c if k.startswith(f"{p}/{mode}/")]
-        return statistics.mean(v) if v else float("nan")
-
-    def sd(p, mode, key="pgd20"):
-        v = [c[k][key] for k in c if k.startswith(f"{p}/{mode}/")]
-        return statistics.stdev(v) if len(v) > 1 else 0.0
-
-    base, base_sd = mean("none", "adv-full"), sd("none", "adv-full")
-    n_seeds = len(results["seeds"])
-    caveat = "" if n_seeds > 1 else " [single seed: no spread yet, provisional]"
-    best_single = max(("rot-adv", "jig-adv"), key=lambda p: mean(p, "adv-full"))
-    out = []
-    for p in ("rot-adv", "jig-adv"):
-        d = mean(p, "adv-full") - base
-        noise = max(base_sd, sd(p, "adv-full"))
-        word = "holds" if d > noise else ("does not hold (within seed noise)" if abs(d) <= noise else "does not hold")
-        out.append(f"1. Robust pretraining raises final robustness ({p} + adv-full vs scratch): {d:+.1f} PGD-20 "
-                   f"points (seed std up to {noise:.1f}) -> {word} at this scale.{caveat}")
-    d = mean("rot-adv", "adv-full") - mean("rot-std", "adv-full")
-    noise = max(sd("rot-adv", "adv-full"), sd("rot-std", "adv-full"))
-    out.append(f"1b. Control, adversarial vs standard rotation pretraining (both + adv-full): {d:+.1f} PGD-20 points "
-               f"(seed std up to {noise:.1f}) -> the *robust* part of pretraining "
-               f"{'helps' if d > noise else 'makes no measurable difference' if abs(d) <= noise else 'does worse'} "
-               f"here.{caveat}")
-    ett = epochs_to_target(results)
-    for p in ("rot-adv", "jig-adv"):
-        hits = ett.get(p, [])
-        reached = [v for v in hits if v is not None]
-        fewer = sum(1 for v in reached if v < args.ft_epochs)
-        shown = ", ".join(f">{args.ft_epochs}" if v is None else str(v) for v in hits)
-        out.append(f"2. Saves adversarial fine-tuning epochs ({p}): reaches scratch's best val RA after "
-                   f"[{shown}] epochs (scratch needs up to {args.ft_epochs}); fewer epochs in {fewer}/{len(hits)} "
-                   "seeds "
-                   f"-> {'holds' if hits and fewer == len(hits) else 'partly holds' if fewer else 'does not hold'}."
-                   f"{caveat}")
-    d = mean("ens-ft", "adv-full") - mean(best_single, "adv-full")
-    if d != d:  # nan: no ensemble cell yet
-        return [*out, "3. Ensembling: not measured yet (needs both rot-adv and jig-adv adv-full models of a seed)."]
-    noise = max(sd("ens-ft", "adv-full"), sd(best_single, "adv-full"))
-    out.append(f"3. Ensembling pretext tasks helps further (softmax ensemble of rot-adv + jig-adv fine-tuned vs best "
-               f"single, {best_single}): {d:+.1f} PGD-20 points (seed std up to {noise:.1f}) -> "
-               f"{'holds' if d > noise else 'not shown (within noise)' if abs(d) <= noise else 'does not hold'} "
-               f"(ensemble *pretraining* with the log-det penalty was not run).{caveat}")
-    return out
+    lock = FileLock(str(out / "locks" / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
-def plot(results: dict, args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
-    for p, style in zip(PRETRAIN, ("k--", "C0-", "C1-", "C2-")):
-        hs = [results["cells"][k]["history"] for k in results["cells"] if k.startswith(f"{p}/adv-full/")]
-        if not hs:
-            continue
-        n = min(len(h) for h in hs)
-        m = [statistics.mean(h[e]["val_robust"] for h in hs) for e in range(n)]
-        ax.plot(range(1, n + 1), m, style, marker="o", label=f"{p} + adv-full ({len(hs)} seeds)")
-    ax.set_xlabel("adversarial fine-tuning epoch")
-    ax.set_ylabel(f"val. robust acc. (PGD-{args.val_steps}, %)")
-    ax.set_title(f"Fashion-MNIST mini-reproduction, eps {EPS}, ResNet-18 w{args.width}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def update_results_section(text: str, path: Path = OUT / "RESULTS.md") -> None:
-    """Replace only the body of this script's section (below its marker, up to the next heading)."""
-    marker = "<!-- section: mini_repro (demo helper) -->"
-    doc = path.read_text()
-    start = doc.index(marker) + len(marker)
-    end = doc.find("\n## ", start)
-    end = len(doc) if end < 0 else end
-    path.write_text(doc[:start] + "\n" + text.strip() + "\n" + doc[end:])
+def status(plan: Plan, out: Path) -> list[str]:
+    rows = []
+    for cell in all_cells(plan):
+        path = out / "cells" / f"{cell.key}.json"
+        held = (out / "locks" / f"{cell.key}.lock").exists() and _held(out, cell.key)
+        failed = (out / "errors" / f"{cell.key}.txt").exists()
+        state = "done" if path.exists() else "FAILED (errors/)" if failed else "running" if held else "ready" if all(
+            (out / "cells" / f"{d}.json").exists() for d in cell.deps) else "waiting"
+        if cell.kind == "pretrain" and state != "done":
+            m = out / "pretrain" / f"{cell.arm}-p{cell.pretrain_seed}" / "metrics.jsonl"
+            if m.exists():
+                state += f" ({len(m.read_text().splitlines())} epochs checkpointed)"
+        rows.append(f"{cell.key:40s} {state}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mini_lib import load_data
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--width", type=float, default=0.125)
-    ap.add_argument("--pt-epochs", type=int, default=2, help="adversarial pretraining epochs (std gets +1)")
-    ap.add_argument("--ft-epochs", type=int, default=4, help="adv-full fine-tuning epochs")
-    ap.add_argument("--std-epochs", type=int, default=3, help="partial / full fine-tuning epochs")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--alpha", type=float, default=0.04)
-    ap.add_argument("--batch-size", type=int, default=32, help="small batches: more SGD steps per CPU second")
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--pgd-n", type=int, default=10000, help="PGD-20 on the first N test images")
-    ap.add_argument("--aa-n", type=int, default=50, help="AutoAttack on the first N (seed 0 adv-full)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--val-steps", type=int, default=5, help="PGD steps of the per-epoch validation attack")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--merge", nargs="+", metavar="DIR",
-                    help="combine the mini_repro.json of runs made side by side (e.g. one process per seed), "
-                         "then report")
-    ap.add_argument("--report-only", action="store_true", help="rebuild md/png from mini_repro.json (no training)")
-    ap.add_argument("--update-results", action="store_true",
-                    help="also write the report into benchmarks/RESULTS.md (its mini_repro section)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("work", "status", "merge", "rates"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", default=str(OUT), help="cells folder (default benchmarks/repro)")
+        p.add_argument("--smoke", action="store_true", help="the tiny plan of the test suite")
+        p.add_argument("--threads", type=int, default=1)
+    w = sub.choices["work"]
+    w.add_argument("--worker", type=int, default=0)
+    w.add_argument("--max-cells", type=int, default=None)
+    w.add_argument("--wait", type=float, default=0, help="poll every N seconds while cells are blocked")
+    w.add_argument("--kinds", nargs="*", default=[], choices=["pretrain", "finetune", "ensemble", "aa"])
+    m = sub.choices["merge"]
+    m.add_argument("--json", default=str(ROOT / "benchmarks" / "mini_repro.json"))
+    m.add_argument("--update-results", action="store_true",
+                   help="also rewrite the generated part of the mini_repro section of benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    plan = SMOKE if args.smoke else Plan()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jpath = out / "mini_repro.json"
-    resume = (args.resume or args.report_only) and jpath.exists()
-    results = json.loads(jpath.read_text()) if resume else {"cells": {}, "pretrain_seconds": {}}
-    if args.merge:  # parallel processes, one per seed: cells are disjoint, wall time is the longest run
-        parts = [json.loads((Path(d) / "mini_repro.json").read_text()) for d in args.merge]
-        for part in parts:
-            results["cells"].update(part["cells"])
-            results["pretrain_seconds"].update(part["pretrain_seconds"])
-        merged = dict(parts[0]["args"], seeds=sorted({c["seed"] for c in results["cells"].values()}))
-        results.update(args=merged, wall_seconds=max(p["wall_seconds"] for p in parts), machine=parts[0]["machine"],
-                       date=parts[0]["date"],
-                       parallel=f"{len(parts)} processes side by side")
-        jpath.write_text(json.dumps(results, indent=1) + "\n")
-        args = argparse.Namespace(**{**merged, "out": str(out), "report_only": True, "merge": None,
-                                     "update_results": args.update_results})
-    if args.report_only:
-        args = argparse.Namespace(**{**results["args"], "report_only": True, "update_results": args.update_results})
-    if not args.report_only:
-        results.update(args=vars(args), machine=MACHINE, date=time.strftime("%Y-%m-%d"),
-                       wall_seconds_before=results.get("wall_seconds", 0))
-    data = load_data(args.n_train, quick=False)
-    data["val"] = (data["val"][0][:200], data["val"][1][:200])
-    t0 = time.perf_counter()
-    save = lambda: jpath.write_text(json.dumps(results, indent=1) + "\n")
-    for seed in [] if args.report_only else args.seeds:
-        run_seed(seed, data, args, results, save)
-        results["wall_seconds"] = round(time.perf_counter() - t0 + results.get("wall_seconds_before", 0), 1)
-        results["seeds_done"] = sorted({c["seed"] for c in results["cells"].values()})
-        save()
-    results["seeds"] = sorted({c["seed"] for c in results["cells"].values()})
-    plot(results, args, out / "mini_repro.png")
-    cmd = (f"python benchmarks/mini_repro.py --n-train {args.n_train} --pt-epochs {args.pt_epochs} --ft-epochs "
-           f"{args.ft_epochs} --std-epochs {args.std_epochs} --pgd-n {args.pgd_n} --aa-n {args.aa_n} --val-steps "
-           f"{args.val_steps}")
-    seeds = sorted({c["seed"] for c in results["cells"].values()})
-    wall = (f"{results['wall_seconds'] / 60:.0f} min wall for seeds {seeds}"
-            + (f" run as {results['parallel']}" if results.get("parallel") else "")
-            + ", machine shared with other jobs" if "wall_seconds" in results else "partial: first seed still running")
-    md = [f"Mini-reproduction of Chen et al. (CVPR 2020) on Fashion-MNIST, measured {results['date']} on "
-          f"{MACHINE}: `{cmd}` ({wall}).",
-          "",
-          f"Setup: ResNet-18 (pre-act) width {args.width}, {args.n_train} training images (embedded subset), "
-          f"200 held-out validation images; pretraining {args.pt_epochs} epochs adv (PGD-{args.steps}, eps {EPS}, "
-          f"step {args.alpha}) / {args.pt_epochs + 1} std; batch {args.batch_size}, SGD lr {args.lr} cosine; "
-          f"fine-tuning {args.ft_epochs} epochs adv-full "
-          f"(Madry PGD-{args.steps}) or {args.std_epochs} epochs partial/full; seeds {args.seeds} "
-          "(mean ± sample std). Test: clean on all 10,000 test images, PGD-20 (step 0.025, eval mode) on "
-          f"{_span(args.pgd_n)}, AutoAttack standard on the first {args.aa_n} (seed 0 only). 'ens-ft' = softmax "
-          "ensemble of the rot-adv and jig-adv adv-full classifiers.",
-          "", report(results, args), "", "![validation robust accuracy per epoch](mini_repro.png)", "",
-          "Verdicts on the paper's three claims at this scale:", "", *verdicts(results, args)]
-    (out / "mini_repro.md").write_text("\n".join(md) + "\n")
-    if getattr(args, "update_results", False):
-        update_results_section("\n".join(md))  # MODEL_CARD.md: python -m robustzoo.card --write MODEL_CARD.md
-    print("\n".join(md))
+    if args.cmd == "work":
+        n = work(plan, out, args.worker, max_cells=args.max_cells, kinds=tuple(args.kinds), wait=args.wait)
+        print(f"[worker {args.worker}] ran {n} cells; nothing left that it can take now", flush=True)
+    elif args.cmd == "status":
+        print("\n".join(status(plan, out)))
+    elif args.cmd == "rates":
+        from mini_cells import measure_rates
+
+        print(json.dumps(measure_rates(plan), indent=1))
+    else:
+        from mini_report import merge
+
+        merge(plan, out, Path(args.json), update_results=args.update_results)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -1,0 +1,149 @@
+"""The merge step of ``mini_repro.py``: whatever cells exist -> mini_repro.json, the forest plot, the report.
+
+Works on a partial set of cells (every table and verdict then says how many pairs it rests on, and
+the report is headed PARTIAL), so it can run after every session.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from mini_lib import MACHINE, ROOT
+from mini_stats import aa_records, cell_records, comparisons
+
+SECTION = "<!-- section: mini_repro (demo helper) -->"
+
+
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def pretrain_records(cells: list[dict]) -> list[dict]:
+    return [{"arm": c["arm"], "pretrain_seed": c["pretrain_seed"], "pool": c["pool"], "passes": c["passes"],
+             "best_epoch": c["best_epoch"], "final_val_score": round(c["final_val_score"], 4),
+             "val_score_curve": [round(r["val_score"], 4) for r in c["curve"]],
+             "test": {k: round(v, 4) for k, v in c["test"].items()}, "cpu_seconds": c["cpu_seconds_total"],
+             "commit": c["commit"], "recipe": c["recipe"], "overrides": c["overrides"], "cell": c["key"]}
+            for c in cells]
+
+
+def build(plan, out: Path) -> dict:
+    from mini_repro import all_cells
+
+    planned = {c.key for c in all_cells(plan)}
+    cells = [c for c in load_cells(out) if c["key"] in planned]  # other plans' cells (e.g. tests) are ignored
+    kinds = {k: [c for c in cells if c["kind"] == k] for k in ("pretrain", "finetune", "ensemble", "aa")}
+    records = cell_records(kinds["finetune"] + kinds["ensemble"], plan.ft_epochs)
+    cpu = sum(c.get("cpu_seconds", 0) for c in cells)
+    return {"about": "Chen et al. (CVPR 2020) claims on Fashion-MNIST, paired seeds; benchmarks/mini_repro.py",
+            "partial": len(cells) < len(planned), "cells_done": len(cells), "cells_planned": len(planned),
+            "cpu_hours_in_cells": round(cpu / 3600, 2), "machine": MACHINE, "merged": time.strftime("%Y-%m-%d %H:%M"),
+            "plan": asdict(plan), "interval": "95% Student-t on the paired differences over fine-tuning seeds",
+            "pretraining": pretrain_records(kinds["pretrain"]), "cells": records,
+            "comparisons": comparisons(records), "autoattack": aa_records(kinds["aa"])}
+
+
+def _fmt(v, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:+.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(res: dict) -> str:
+    p = res["plan"]
+    head = (f"**PARTIAL: {res['cells_done']} of {res['cells_planned']} cells done; the experiment is still "
+            "running, and every number below may change.**\n\n" if res["partial"] else "")
+    rows = ["| arm | seeds | clean (mean) | PGD-20 (mean) | epochs to scratch's final val RA |",
+            "|---|---|---|---|---|"]
+    for arm in ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv", "ens-ft"):
+        cs = [c for c in res["cells"] if c["arm"] == arm]
+        if cs:
+            ett = [str(c["epochs_to_target"]) if c["epochs_reached"] else f">{p['ft_epochs']}" for c in cs
+                   if c["epochs_to_target"] is not None]
+            rows.append(f"| {arm} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
+                        f"{statistics.fmean(c['pgd20'] for c in cs):.2f} | {', '.join(ett) or '-'} |")
+    comp = ["| comparison | claim | pairs | mean diff | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+    for c in res["comparisons"]:
+        unit = " ep" if c["metric"] == "epochs_to_target" else " pt"
+        ci = "-" if c["ci_low"] is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]{unit}"
+        comp.append(f"| {c['comparison']} | {c['claim']} | {c['n_pairs']} | {_fmt(c['diff_mean'])} | {ci} | "
+                    f"{c['verdict']} |")
+    aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson |", "|---|---|---|---|"]
+    aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] |"
+           for a in res["autoattack"] if a["n"]]
+    pt = ["| pretraining | seed | pool | passes | pretext val score per pass | hours (wall per pass, >= CPU) |",
+          "|---|---|---|---|---|---|"]
+    pt += [f"| {r['arm']} | {r['pretrain_seed']} | {r['pool']} | {r['passes']} | "
+           f"{' '.join(f'{v:.2f}' for v in r['val_score_curve'])} | {r['cpu_seconds'] / 3600:.2f} |"
+           for r in res["pretraining"]]
+    span = f"{'all' if p['test_n'] >= 10000 else 'the first'} {p['test_n']:,}"
+    for table in (pt, aa):
+        if len(table) == 2:
+            table.append("| (none finished yet) |" + " |" * (table[1].count("|") - 2))
+    return "\n".join([
+        head + f"Measured on {res['machine']}, merged {res['merged']} by `python benchmarks/mini_repro.py merge` "
+        f"from the cells in benchmarks/repro/cells ({res['cells_done']} of {res['cells_planned']} done, "
+        f"{res['cpu_hours_in_cells']} CPU hours in them so far). ResNet-18 width {p['width']}, Linf eps 0.1; "
+        f"adversarial full fine-tuning (PGD-{p['steps']}) on {p['labels']} labels for {p['ft_epochs']} epochs; "
+        f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
+        "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
+        "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
+        "below 0 on the claimed side; inconclusive = it spans 0.", "", *pt, "", *rows, "", *comp, "", *aa, "",
+        "![paired differences with 95% intervals; pretext curves](mini_repro.png)"])
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    comps = [c for c in res["comparisons"] if c["diff_mean"] is not None]
+    for i, c in enumerate(comps):
+        lo, hi = c["ci_low"], c["ci_high"]
+        color = {"holds": "C2", "reversed": "C3"}.get(c["verdict"], "C7")
+        if lo is not None:
+            ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot([c["diff_mean"]], [i], "o", color=color)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(comps)), [f"{c['comparison']} (n={c['n_pairs']})" for c in comps], fontsize=7)
+    ax.set_xlabel("paired difference (PGD-20 points; epochs for 'epochs:' rows, lower = better)", fontsize=8)
+    ax.set_title(("PARTIAL - " if res["partial"] else "") + "mean and 95% t interval", fontsize=9)
+    for r in res["pretraining"]:
+        bx.plot(range(1, len(r["val_score_curve"]) + 1), r["val_score_curve"], marker=".",
+                label=f"{r['arm']} p{r['pretrain_seed']}")
+    bx.set_xlabel("pass over the pool", fontsize=8)
+    bx.set_ylabel("held-out pretext score (robust if adv)", fontsize=8)
+    if res["pretraining"]:
+        bx.legend(fontsize=6)
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def update_results_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
+    """Replace the generated part of the section: from the marker to the plan block (kept by hand) or the
+    next heading."""
+    doc = path.read_text()
+    start = doc.index(SECTION) + len(SECTION)
+    end = doc.find("\n## ", start)
+    end = len(doc) if end < 0 else end
+    plan = doc.find("<!-- mini_repro plan -->", start)
+    end = plan if 0 <= plan < end else end
+    path.write_text(doc[:start] + "\n" + text.strip() + "\n\n" + doc[end:].lstrip("\n"))
+
+
+def merge(plan, out: Path, json_path: Path, *, update_results: bool = False) -> dict:
+    res = build(plan, out)
+    json_path.write_text(json.dumps(res, indent=1) + "\n")
+    plot(res, json_path.with_suffix(".png"))
+    md = markdown(res)
+    json_path.with_suffix(".md").write_text(md + "\n")
+    if update_results:
+        update_results_section(md)
+    print(md)
+    return res

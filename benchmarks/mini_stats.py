@@ -1,0 +1,160 @@
+"""Statistics and report of ``mini_repro.py``: paired-t intervals, verdicts, Wilson intervals, the merge.
+
+Every comparison is a paired difference over fine-tuning seeds (arm minus baseline at the same
+seed, so the labeled subset, head initialisation, data order and attack starts cancel), summarised
+by its mean and a two-sided 95 % Student-t interval on the paired differences (n - 1 degrees of
+freedom). The interval covers the variance between fine-tuning seeds and, because the seeds
+alternate between the pretraining seeds, that of the pretraining seeds as far as the backbones
+sampled cover it; it is conditional on the fixed 10,000-image test set.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+Z95 = 1.959963984540054
+SINGLE = ("rot-adv", "jig-adv")
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t (``p`` in (0.5, 1)): bisection on the CDF, the CDF by Simpson's rule on the
+    density (no SciPy in this environment; accurate to ~1e-9 for the df used here)."""
+    if df < 1 or not 0.5 < p < 1:
+        raise ValueError(f"t_quantile needs df >= 1 and 0.5 < p < 1, got df={df}, p={p}")
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float, n: int = 4000) -> float:  # 0.5 + integral of the density over [0, x]
+        h = x / n
+        s = sum((1 if i in (0, n) else 4 if i % 2 else 2) * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2)
+                for i in range(n + 1))
+        return 0.5 + c * s * h / 3
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_t(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the paired differences: mean +- t_{n-1} * sd / sqrt(n). n = 1 gives an
+    unbounded interval (nothing can be concluded from one pair)."""
+    if not diffs:
+        raise ValueError("no paired differences")
+    m = statistics.fmean(diffs)
+    if len(diffs) == 1:
+        return m, -math.inf, math.inf
+    half = t_quantile(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return m, m - half, m + half
+
+
+def verdict(low: float, high: float, *, lower_is_better: bool = False) -> str:
+    """holds: the interval lies on the claimed side of 0; reversed: on the other side; else inconclusive."""
+    if lower_is_better:
+        low, high = -high, -low
+    return "holds" if low > 0 else "reversed" if high < 0 else "inconclusive"
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval (percent) for k successes in n trials."""
+    if n <= 0:
+        return 0.0, 100.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def epochs_to_reach(history: list[dict], target: float) -> int | None:
+    """First (1-based) epoch whose validation robust accuracy reaches ``target``; None if none does."""
+    return next((i + 1 for i, h in enumerate(history) if h["val_robust"] >= target - 1e-9), None)
+
+
+# ------------------------------------------------------------------------------------ comparisons
+
+
+def cell_records(cells: list[dict], ft_epochs: int) -> list[dict]:
+    """One record per fine-tuning/ensemble cell, with claim 2's epochs to scratch's final val robust acc."""
+    target = {c["seed"]: c["history"][-1]["val_robust"] for c in cells if c["arm"] == "scratch" and c["history"]}
+    out = []
+    for c in sorted(cells, key=lambda c: (c["seed"], c["arm"])):
+        ett = None
+        if c["history"] and c["seed"] in target:
+            e = epochs_to_reach(c["history"], target[c["seed"]])
+            ett = ft_epochs + 1 if e is None else e  # not reached: censored at E + 1 (a lower bound)
+        out.append({"arm": c["arm"], "pretrain_seed": c.get("pretrain_seed"), "seed": c["seed"],
+                    "labels": c["labels"], "mode": c["mode"], "clean": round(c["clean"], 2),
+                    "pgd20": round(c["pgd20"], 2), "test_n": c["test_n"], "epochs_to_target": ett,
+                    "epochs_reached": ett is not None and ett <= ft_epochs,
+                    "best_val_robust": max((h["val_robust"] for h in c["history"]), default=None),
+                    "val_robust_curve": [round(h["val_robust"], 2) for h in c["history"]],
+                    "commit": c["commit"], "recipe": c["recipe"], "cell": c["key"]})
+    return out
+
+
+def _by_seed(records: list[dict], arm: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in records if r["arm"] == arm}
+
+
+def _best_by_val(records: list[dict], arms: tuple, seed: int) -> dict | None:
+    got = [r for r in records if r["arm"] in arms and r["seed"] == seed]
+    if len(got) < len(arms):
+        return None
+    return max(got, key=lambda r: (r["best_val_robust"], r["arm"]))
+
+
+def _compare(name: str, claim: str, pairs: list[tuple[dict, dict]], metric: str, *, lower_is_better=False) -> dict:
+    diffs = [a[metric] - b[metric] for a, b in pairs]
+    rec = {"comparison": name, "claim": claim, "metric": metric, "n_pairs": len(diffs),
+           "seeds": [a["seed"] for a, _ in pairs], "diffs": [round(d, 4) for d in diffs],
+           "interval": "95% Student-t on paired differences", "lower_is_better": lower_is_better}
+    if not diffs:
+        return {**rec, "diff_mean": None, "ci_low": None, "ci_high": None, "verdict": "not measured yet"}
+    m, lo, hi = paired_t(diffs)
+    return {**rec, "diff_mean": round(m, 3), "ci_low": round(lo, 3) if math.isfinite(lo) else None,
+            "ci_high": round(hi, 3) if math.isfinite(hi) else None,
+            "verdict": verdict(lo, hi, lower_is_better=lower_is_better)}
+
+
+def comparisons(records: list[dict]) -> list[dict]:
+    """Claims 1-3 as paired comparisons (best single pretext / best member picked per seed on validation)."""
+    arm = {a: _by_seed(records, a) for a in {r["arm"] for r in records}}
+    pair = lambda a, b: [(arm[a][s], arm[b][s]) for s in sorted(arm.get(a, {})) if s in arm.get(b, {})]  # noqa: E731
+    out = []
+    for a in ("rot-adv", "jig-adv", "ens-adv"):
+        out.append(_compare(f"{a} - scratch", "1: adversarial pretraining raises robust accuracy", pair(a, "scratch"),
+                            "pgd20"))
+    out.append(_compare("rot-adv - rot-std", "1 (control): the adversarial part of pretraining", pair("rot-adv",
+                        "rot-std"), "pgd20"))
+    for a in ("rot-adv", "jig-adv", "ens-adv"):
+        out.append(_compare(f"epochs: {a} - scratch", "2: fewer fine-tuning epochs to scratch's final val RA",
+                            [(x, y) for x, y in pair(a, "scratch") if x["epochs_to_target"] is not None],
+                            "epochs_to_target", lower_is_better=True))
+    seeds = sorted(arm.get("ens-adv", {}))
+    best = [(arm["ens-adv"][s], _best_by_val(records, SINGLE, s)) for s in seeds]
+    out.append(_compare("ens-adv - best single pretext", "3a: ensemble pretraining beats the best single task",
+                        [(a, b) for a, b in best if b is not None], "pgd20"))
+    seeds = sorted(arm.get("ens-ft", {}))
+    best = [(arm["ens-ft"][s], _best_by_val(records, ("rot-adv", "jig-adv", "ens-adv"), s)) for s in seeds]
+    out.append(_compare("ens-ft - best member", "3b: the fine-tuned 3-model softmax ensemble beats its best member",
+                        [(a, b) for a, b in best if b is not None], "pgd20"))
+    return out
+
+
+def aa_records(cells: list[dict]) -> list[dict]:
+    """AutoAttack per arm over the contiguous chunks from image 0, with the 95 % Wilson interval."""
+    out = []
+    for arm in sorted({c["arm"] for c in cells}):
+        n = k = clean = 0
+        for c in sorted((c for c in cells if c["arm"] == arm), key=lambda c: c["start"]):
+            if c["start"] != n:
+                break
+            n, k, clean = c["end"], k + c["robust"], clean + c["clean"]
+        lo, hi = wilson(k, n)
+        out.append({"arm": arm, "seed": cells[0]["seed"], "n": n, "robust": k, "clean": clean,
+                    "autoattack": round(100 * k / n, 2) if n else None, "wilson_low": round(lo, 2),
+                    "wilson_high": round(hi, 2)})
+    return out

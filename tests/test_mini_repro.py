@@ -1,0 +1,164 @@
+"""benchmarks/mini_repro.py: statistics (paired t, verdicts, Wilson), merge on synthetic cells, one real cell."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import mini_repro  # noqa: E402
+from mini_report import build, merge  # noqa: E402
+from mini_stats import epochs_to_reach, paired_t, t_quantile, verdict, wilson  # noqa: E402
+
+
+@pytest.mark.parametrize("p,df,want", [(0.975, 1, 12.706204736), (0.975, 7, 2.364624252), (0.975, 30, 2.042272456),
+                                       (0.95, 5, 2.015048373)])
+def test_t_quantile_matches_tables(p, df, want):
+    assert t_quantile(p, df) == pytest.approx(want, abs=1e-6)
+
+
+def test_paired_t_interval():
+    m, lo, hi = paired_t([1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305 * statistics.stdev([1, 2, 3, 4]) / 2
+    assert (m, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half), abs=1e-6)
+    assert paired_t([5.0])[1:] == (-math.inf, math.inf)  # one pair: nothing can be concluded
+
+
+def test_verdicts_read_from_the_interval():
+    assert verdict(0.1, 3.0) == "holds"
+    assert verdict(-3.0, -0.1) == "reversed"
+    assert verdict(-1.0, 1.0) == "inconclusive"
+    assert verdict(-3.0, -0.5, lower_is_better=True) == "holds"  # fewer epochs
+    assert verdict(0.5, 3.0, lower_is_better=True) == "reversed"
+
+
+def test_wilson_interval():
+    assert wilson(50, 100) == pytest.approx((40.383, 59.617), abs=1e-3)
+    lo, hi = wilson(0, 4)
+    assert lo == 0.0 and hi == pytest.approx(48.99, abs=0.01)
+    assert wilson(10, 10)[1] == pytest.approx(100.0)
+
+
+def test_epochs_to_reach():
+    hist = [{"val_robust": v} for v in (10.0, 20.0, 30.0)]
+    assert epochs_to_reach(hist, 20.0) == 2
+    assert epochs_to_reach(hist, 31.0) is None
+
+
+PLAN = replace(mini_repro.SMOKE, ft_seeds=tuple(range(6)), pt_seeds=(0, 1), ft_epochs=3, aa_n=100, aa_chunk=50)
+SHIFT = {"scratch": 0.0, "rot-std": 0.5, "rot-adv": 2.0, "jig-adv": -3.0, "ens-adv": 0.0, "ens-ft": 1.0}
+
+
+def _write_synthetic(out: Path, seeds=range(6), drop: tuple = ()) -> None:
+    """Cells whose PGD-20 is a per-seed base plus a per-arm shift (+ small noise; ens-adv: +-2 alternating)."""
+    cells = out / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    for cell in mini_repro.all_cells(PLAN):
+        if cell.key in drop or (cell.seed is not None and cell.seed not in seeds):
+            continue
+        if cell.kind == "pretrain":
+            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "pool": 60000, "passes": 2, "best_epoch": 1,
+                   "final_val_score": 0.5, "curve": [{"val_score": 0.4}, {"val_score": 0.5}], "test": {"t": 0.5},
+                   "cpu_seconds_total": 10.0, "overrides": {}}
+        elif cell.kind == "aa":
+            rec = {"arm": cell.arm, "seed": 0, "start": cell.start, "end": cell.end, "robust": 20, "clean": 40}
+        else:
+            s = cell.seed
+            noise = 0.1 * ((s * 7 + len(cell.arm)) % 3 - 1)
+            shift = (2.0 if s % 2 else -2.0) if cell.arm == "ens-adv" else SHIFT[cell.arm]
+            pgd = 40.0 + s + shift + noise
+            hist = [{"val_robust": pgd - 4 + k * 2, "val_clean": 70.0} for k in range(3)]  # reaches pgd at epoch 3
+            if cell.arm == "rot-adv":  # reaches scratch's final value one epoch earlier
+                hist = [{"val_robust": pgd - 2 + k, "val_clean": 70.0} for k in range(3)]
+            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": 64, "mode": "adv-full",
+                   "clean": 70.0, "pgd20": pgd, "test_n": 64, "history": hist}
+        rec.update(kind=cell.kind, key=cell.key, commit="abc", recipe={"r": 1}, cpu_seconds=1.0)
+        (cells / f"{cell.key}.json").write_text(json.dumps(rec))
+
+
+def test_merge_verdicts_on_synthetic_cells(tmp_path):
+    _write_synthetic(tmp_path)
+    res = merge(PLAN, tmp_path, tmp_path / "mini_repro.json")
+    comp = {c["comparison"]: c for c in res["comparisons"]}
+    assert comp["rot-adv - scratch"]["verdict"] == "holds"
+    assert comp["jig-adv - scratch"]["verdict"] == "reversed"
+    assert comp["ens-adv - scratch"]["verdict"] == "inconclusive"
+    assert comp["epochs: rot-adv - scratch"]["verdict"] == "holds"
+    assert comp["ens-ft - best member"]["n_pairs"] == 6
+    assert not res["partial"] and (tmp_path / "mini_repro.png").stat().st_size > 1000
+    # the JSON alone lets anyone recompute every interval
+    data = json.loads((tmp_path / "mini_repro.json").read_text())
+    cells = {(c["arm"], c["seed"]): c for c in data["cells"]}
+    for key in ("seed", "pretrain_seed", "labels", "mode", "clean", "pgd20", "epochs_to_target", "commit", "recipe"):
+        assert key in data["cells"][0]
+    diffs = [cells["rot-adv", s]["pgd20"] - cells["scratch", s]["pgd20"] for s in range(6)]
+    m, lo, hi = paired_t(diffs)
+    assert (comp["rot-adv - scratch"]["ci_low"], comp["rot-adv - scratch"]["ci_high"]) == pytest.approx(
+        (lo, hi), abs=1e-3)
+    aa = {a["arm"]: a for a in data["autoattack"]}
+    assert aa["scratch"]["n"] == 100 and aa["scratch"]["autoattack"] == 40.0
+
+
+def test_merge_marks_partial_results(tmp_path):
+    _write_synthetic(tmp_path, seeds=range(3), drop=("pt-ens-adv-p1",))
+    res = build(PLAN, tmp_path)
+    assert res["partial"] and res["cells_done"] < res["cells_planned"]
+    comp = {c["comparison"]: c for c in res["comparisons"]}
+    assert comp["rot-adv - scratch"]["n_pairs"] == 3
+    from mini_report import markdown
+
+    assert markdown(res).startswith("**PARTIAL")
+
+
+def test_pairing_uses_the_same_seed_and_alternates_backbones():
+    cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune"]
+    assert len(cells) == 5 * 8
+    assert {c.pretrain_seed for c in cells if c.arm == "rot-adv"} == {0, 1}
+    assert all(c.deps == (f"pt-{c.arm}-p{c.pretrain_seed}",) for c in cells if c.arm != "scratch")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs the dataset-fashion-mnist package")
+def test_one_real_cell_end_to_end(tmp_path, monkeypatch):
+    """One scratch fine-tuning cell of the smoke plan, through the queue, then the merge."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, max_cells=1, kinds=("finetune",)) == 1
+    cell = json.loads((tmp_path / "cells" / "ft-scratch-s0-n64.json").read_text())
+    assert cell["test_n"] == 64 and len(cell["pgd20_per_image"]) == 64 and cell["commit"]
+    assert 0 <= cell["pgd20"] <= cell["clean"] <= 100
+    assert (tmp_path / "models" / "scratch-s0-n64.safetensors").exists()
+    assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, max_cells=1, kinds=("finetune",)) == 0  # nothing ready
+    res = build(mini_repro.SMOKE, tmp_path)
+    assert res["partial"] and res["cells"][0]["epochs_to_target"] is not None
+
+
+def test_results_section_keeps_the_hand_written_plan(tmp_path):
+    from mini_report import SECTION, update_results_section
+
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n## Mini\n{SECTION}\nold table\n\n<!-- mini_repro plan -->\nthe plan\n## Next\nkeep\n")
+    update_results_section("new table", doc)
+    text = doc.read_text()
+    assert "new table" in text and "old table" not in text
+    assert "<!-- mini_repro plan -->\nthe plan\n## Next\nkeep" in text
+
+
+def test_a_failing_cell_is_recorded_and_skipped(tmp_path, monkeypatch):
+    calls = []
+
+    def boom(cell, plan, out):
+        calls.append(cell.key)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mini_repro, "run_cell", boom)
+    assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, kinds=("finetune",)) == 0
+    assert calls == ["ft-scratch-s0-n64"]  # the other cells wait on pretraining; nothing else to take
+    assert "disk full" in (tmp_path / "errors" / "ft-scratch-s0-n64.txt").read_text()
+    assert any("ft-scratch-s0-n64" in r and "FAILED" in r for r in mini_repro.status(mini_repro.SMOKE, tmp_path))
