@@ -21,6 +21,8 @@ from robustzoo._download import file_sha256
 from robustzoo.models import create_model
 from robustzoo.weights import load_file, save_pretrained
 
+EPILOG = ("Runtime: seconds (under a minute). Writes nothing: prints a markdown table (weights go to a temp "
+          "folder).")
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up: page cache, allocator, lazy imports
@@ -33,7 +35,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -16,6 +16,9 @@ import sys
 SNIPPET = "import time, sys; t=time.perf_counter(); import {mod}; dt=time.perf_counter()-t; print(dt, {check})"
 
 
+
+EPILOG = ("Runtime: seconds (fresh interpreters, about 30 s). Writes nothing: prints the timings.")
+
 def run(mod: str, check: str = "0") -> float:
     out = subprocess.run([sys.executable, "-c", SNIPPET.format(mod=mod, check=check)], check=True,
                          capture_output=True, text=True).stdout.split()
@@ -23,7 +26,7 @@ def run(mod: str, check: str = "0") -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     check = "int('timm' in sys.modules or 'huggingface_hub' in sys.modules)"

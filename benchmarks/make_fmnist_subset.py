@@ -21,6 +21,7 @@ import numpy as np
 
 from robustzoo.fmnist import EMBEDDED, content_sha256, embedded_path, read_raw
 
+EPILOG = ("Runtime: seconds. Needs Debian's dataset-fashion-mnist; writes robustzoo/_data/*.npz (or --out DIR).")
 
 def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -32,7 +33,7 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     ap.add_argument("--root", default=None, help="folder with the original *-ubyte.gz files")
     ap.add_argument("--out", default=None, help="output folder (default: robustzoo/_data)")
     ap.add_argument("--seed", type=int, default=0)

@@ -88,6 +88,11 @@ SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt
              val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist")
 
 
+
+EPILOG = ("Runtime: about 20 CPU hours in all, as resumable cells of minutes each (work); status and merge take"
+          " seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
+          "benchmarks/mini_repro.json/.md/.png.")
+
 def commit() -> str:
     from training.checkpoint import git_commit
 
@@ -289,7 +294,7 @@ def status(plan: Plan, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("work", "status", "merge", "rates"):
         p = sub.add_parser(name)

@@ -52,6 +52,10 @@ class Payload:
         return (exec, (f"open({self.marker!r}, 'w')",))
 
 
+
+EPILOG = ("Runtime: minutes. Writes nothing outside temp folders: prints the markdown table (--json for the "
+          "counts).")
+
 def _header(data: bytes) -> tuple[dict, bytes]:
     n = struct.unpack("<Q", data[:8])[0]
     return json.loads(data[8:8 + n]), data[8 + n:]
@@ -315,7 +319,7 @@ CONTROL = ("control, not robustzoo: the same .pt payloads through torch.load(wei
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     parser.add_argument("--n", type=int, default=50, help="variants per input class")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

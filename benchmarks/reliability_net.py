@@ -40,6 +40,10 @@ from robustzoo.errors import RobustZooError  # noqa: E402
 REPO = "org/tiny"
 
 
+
+EPILOG = ("Runtime: minutes (loopback Hub server on 127.0.0.1, backoff sleeps skipped). Writes nothing outside "
+          "temp folders: prints the markdown table.")
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -239,7 +243,7 @@ HTML = b"<!DOCTYPE html><html><head><title>Quota exceeded</title></head><body>tr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--only", default="", help="run only the scenarios whose name contains this text")
     args = parser.parse_args()

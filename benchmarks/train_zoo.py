@@ -55,6 +55,11 @@ ZOO = {  # name -> (kind, reproduce overrides): the zoo's CPU budget
 }
 
 
+
+EPILOG = ("Runtime: hours on this CPU (minutes with --pgd-n small when only re-measuring). Writes run folders "
+          "under --runs and the measured figures to benchmarks/zoo_metrics.json; training/publish.py copies "
+          "them into the registry.")
+
 def reproduce(name: str, runs: Path) -> tuple[Path, dict, float]:
     """Run (or reuse) ``training/reproduce.py NAME``; returns the run folder, its report and the seconds spent."""
     out = runs / name
@@ -95,7 +100,7 @@ def measure(name: str, model, report: dict, data: dict, args, sha: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from robustzoo.weights import load_file
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     ap.add_argument("--only", nargs="*", default=list(ZOO))
     ap.add_argument("--runs", default="runs/zoo", help="where training/reproduce.py writes its runs")
     ap.add_argument("--out", default=str(METRICS_JSON), help="the measured figures, keyed by weight name")

@@ -79,16 +79,8 @@ def _scripts() -> list[Path]:
                   if '__name__ == "__main__"' in p.read_text())
 
 
-# Scripts whose --help does not exit 0 yet (seen 2026-12-02); they belong to other work streams. Listed, not
-# hidden: each still runs, and the list shrinks as they are fixed.
-_HELP_NOT_YET = {"aa_chunks.py", "checksum_cost.py", "import_time.py", "make_fmnist_subset.py", "reliability_files.py",
-                 "reliability_net.py", "train_speed.py", "train_zoo.py", "pretrain.py", "publish.py", "reproduce.py"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("script", [pytest.param(p, marks=pytest.mark.xfail(reason="--help not implemented yet"))
-                                    if p.name in _HELP_NOT_YET else p for p in _scripts()],
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("script", _scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_script_has_a_help_that_says_what_it_does(script, tmp_path):
     """Issue 12, point 10: `--help` exits 0 and names what the script does, its runtime class and outputs."""
     r = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, capture_output=True, text=True,

@@ -16,6 +16,9 @@ the file's sha256, the measured metrics (``metrics.json``, or this file's entry 
 the figures ``benchmarks/train_zoo.py`` measured) and the provenance, and the diff is printed. This is
 the only program that writes the registry file. When it writes the package's own file it also
 regenerates the table of MODEL_CARD.md. The numbers are always the ones measured here, never the paper's.
+
+Runtime: seconds (one upload, one registry write). Writes the registry file (or the ``--registry`` copy),
+``MODEL_CARD.md`` when the package's own registry changes, and the Hub commit or the embedded file.
 """
 
 from __future__ import annotations
