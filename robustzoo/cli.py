@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="registry name, hf-hub:org/repo, folder or .safetensors file")
     data_opts(s)
     s.add_argument("--split", default="test")
-    s.add_argument("--attacks", default="clean,pgd20", help="comma list: clean,pgd20,pgd20-cw,autoattack")
+    s.add_argument("--attacks", default="clean,pgd20", help="comma list: clean,pgd20,pgd20-cw,autoattack,aa-fast")
     s.add_argument("--alpha", type=_number, help="PGD step size (default eps/4)")
     s.add_argument("--restarts", type=int, default=1)
     s.add_argument("--json", help="also write the result to this JSON file")
