@@ -59,6 +59,16 @@ def run_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> dict:
             "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
 
 
+def git_commit() -> str:
+    """The commit of the code that produced a record (``+dirty`` when tracked files differ from it)."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def run_fast_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> dict:
     from robustzoo.evaluation import evaluate
 
@@ -68,7 +78,7 @@ def run_fast_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> di
     return {"name": name, "sha256": sha, "start": start, "end": end, "n": res.n,
             "clean": int(res.correct["clean"].sum()), "robust": int(res.correct["aa-fast"].sum()),
             "robust_per_image": "".join("1" if c else "0" for c in res.correct["aa-fast"].tolist()),
-            "attack": f"aa-fast (robustzoo.aafast, NOT AutoAttack), Linf eps {EPS}, seed 0",
+            "attack": f"aa-fast (robustzoo.aafast, NOT AutoAttack), Linf eps {EPS}, seed 0", "commit": git_commit(),
             "aa_fast": {k: v for k, v in fast.items() if k not in ("robust_accuracy", "n")},
             "passes": fast["passes"], "versions": res.settings["versions"],
             "seconds": round(time.perf_counter() - t0, 1), "machine": MACHINE, "python": platform.python_version(),
