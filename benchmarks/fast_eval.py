@@ -81,12 +81,15 @@ def counted_aa(model, x, y) -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def tune(name, model, x, y, sha) -> dict:
+def tune(name, model, x, y, sha, raw=None) -> dict:
     """All 9 targets on the tune block: per k, the agreement with AutoAttack had the cascade stopped
-    after the k-th MALT target (an image broken at rank r > k would have stayed robust)."""
+    after the k-th MALT target (an image broken at rank r > k would have stayed robust).
+
+    ``raw``: an earlier record of the same call (``aa_fast(k=9)`` on the tune block, batch 256, seed 0:
+    deterministic) with its ``broken_by``, ``counts``, ``seconds`` and ``settings``, instead of re-running."""
     s, e = TUNE
     _, aa = committed_aa(name, sha)
-    got = run_fast(model, x[s:e], y[s:e], k=9)
+    got = raw or run_fast(model, x[s:e], y[s:e], k=9)
     per_k = {}
     for k in range(0, 10):
         late = {f"apgd-t{r}" for r in range(k + 1, 10)}
@@ -94,7 +97,10 @@ def tune(name, model, x, y, sha) -> dict:
         per_k[k] = agreement(aa[s:e], fast)
     return {"block": [s, e], "broken_per_stage": got["settings"]["broken_per_stage"],
             "attacked_per_stage": got["settings"]["attacked_per_stage"], "passes": got["counts"],
-            "seconds": got["seconds"], "agreement_if_k": per_k, "broken_by": got["broken_by"]}
+            "seconds": got["seconds"], "agreement_if_k": per_k, "broken_by": "".join(
+                "c" if b == "clean" else "e" if b == "apgd-ce" else b[-1] if b.startswith("apgd-t") else
+                "s" if b == "square" else "-" for b in got["broken_by"]),
+            "broken_by_code": "c clean error, e APGD-CE, 1-9 APGD-T at that MALT rank, s Square, - robust"}
 
 
 def report(name, model, x, y, sha, count_n, blocks) -> dict:
@@ -127,6 +133,52 @@ def report(name, model, x, y, sha, count_n, blocks) -> dict:
     return out
 
 
+def markdown() -> str:
+    """The RESULTS.md tables, from fast_eval.json, fast_eval_tune.json and aa-fast/metrics.json."""
+    rep = json.loads(JSON_OUT.read_text())
+    tun = json.loads(JSON_OUT.with_name("fast_eval_tune.json").read_text())
+    full_path = ROOT / "benchmarks" / "aa-fast" / "metrics.json"
+    full = json.loads(full_path.read_text()) if full_path.exists() else {}
+    lines = []
+    for name in (k for k in rep if isinstance(rep[k], dict) and "sha256" in rep[k]):
+        t, h, c = tun.get(name, {}), rep[name].get("held_out", {}), rep[name]["counted_block"]
+        lines += [f"**{name}** (sha256 {rep[name]['sha256'][:12]}), eps {rep['eps']}, {rep['machine']}, "
+                  f"1 thread, {rep['date']}, commit {rep['commit'][:12]}.", "",
+                  "Tune block (images 0-400): had the cascade stopped after k MALT targets "
+                  "(one 9-target run):", "",
+                  "| k | robust both | broken both | only AA | only aa-fast | AA % | aa-fast % |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, a in t.get("agreement_if_k", {}).items():
+            lines.append(f"| {k} | {a['robust_both']} | {a['broken_both']} | {a['broken_only_by_aa']} | "
+                         f"{a['broken_only_by_aa_fast']} | {a['autoattack']:.2f} | {a['aa_fast']:.2f} |")
+        for label, a in (("held-out block (images 400-800), defaults", h),
+                         (f"counted block (images {c['block'][0]}-{c['block'][1]}), AA re-run", c)):
+            if "n" not in a:
+                continue
+            lines += ["", f"{label}: n={a['n']}; robust under both {a['robust_both']}, broken by both "
+                      f"{a['broken_both']}, broken only by AA {a['broken_only_by_aa']} "
+                      f"({a['broken_only_by_aa_pct']} %, 95 % Wilson {a['broken_only_by_aa_ci95'][0]}-"
+                      f"{a['broken_only_by_aa_ci95'][1]} %), broken only by aa-fast {a['broken_only_by_aa_fast']}; "
+                      f"AutoAttack {a['autoattack']:.2f} %, aa-fast {a['aa_fast']:.2f} %, difference "
+                      f"{a['diff_points']:+.2f} points (95 % paired interval {a['diff_ci95'][0]:+.2f} to "
+                      f"{a['diff_ci95'][1]:+.2f})."]
+        lines += ["", f"Cost on the counted block (both run here, same pass counter): AutoAttack "
+                  f"{c['aa_passes']['passes']:,} image passes ({c['aa_passes']['forward']:,} forward, "
+                  f"{c['aa_passes']['backward']:,} backward) in {c['aa_seconds']:.0f} s; aa-fast "
+                  f"{c['aa_fast_passes']['passes']:,} in {c['aa_fast_seconds']:.0f} s: **{c['pass_ratio']}x fewer "
+                  f"passes, {c['seconds_ratio']}x less time**; AutoAttack differs from its committed outcome on "
+                  f"{c['aa_differs_from_committed']} of these images."]
+        if "aa_fast_seconds" in h:
+            lines.append(f"Held-out block time: aa-fast {h['aa_fast_seconds']:.0f} s vs the committed AutoAttack "
+                         f"chunks' {h['aa_seconds_committed']:.0f} s (other days and load: indicative only).")
+        if name in full:
+            f = full[name]
+            lines += ["", f"aa-fast on the first {f['aa_fast_n']:,} test images: **{f['aa_fast']:.2f} %** "
+                      f"(95 % Wilson {f['aa_fast_ci95'][0]:.2f}-{f['aa_fast_ci95'][1]:.2f}), clean "
+                      f"{f['clean_on_aa_fast_subset']:.2f} % on them; {f['aa_fast_label']}."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from robustzoo.fmnist import load_fashion_mnist
     from robustzoo.hub import load
@@ -135,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tune", action="store_true", help="all 9 targets on the tune block (chooses k)")
     ap.add_argument("--count-n", type=int, default=16, help="held-out images on which AutoAttack runs, counted")
+    ap.add_argument("--tune-from", help="with --tune: a saved record of the same aa_fast(k=9) call (JSON)")
     ap.add_argument("--blocks", default="held_out", help="comma list of tune,held_out to run aa-fast on")
+    ap.add_argument("--markdown", action="store_true", help="print the RESULTS.md tables from the JSON files")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown())
+        return 0
     torch.set_num_threads(1)
     x, y = load_fashion_mnist("test")
     names = [n for n, s in REGISTRY.items() if s.embedded and s.kind == "classifier"]
@@ -145,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         sha = file_sha256(ROOT / "robustzoo" / "zoo" / REGISTRY[name].filename)
         model = for_eval(load(name))
-        results[name] = (tune(name, model, x, y, sha) if args.tune
+        raw = json.loads(open(args.tune_from).read()) if args.tune_from else None
+        results[name] = (tune(name, model, x, y, sha, raw) if args.tune
                          else report(name, model, x, y, sha, args.count_n, args.blocks.split(",")))
     path = JSON_OUT.with_name("fast_eval_tune.json") if args.tune else JSON_OUT
     path.write_text(json.dumps(results, indent=1) + "\n")
