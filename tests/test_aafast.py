@@ -103,16 +103,18 @@ def test_masked_model_matches_autoattack_and_warns(data):
     ``aafast.TOLERANCE`` points more robustness, and must warn about the masked gradients."""
     x, y, xt, yt = data
     model = nn.Sequential(Quantise(), *_linear(x, y)).eval()
-    xt, yt = xt[:24], yt[:24]
+    xt, yt = xt[:16], yt[:16]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         res = evaluate(model, (xt, yt), eps=EPS, attacks=("clean", "autoattack", "aa-fast"), progress=False,
-                       batch_size=24)
+                       batch_size=16)
     fast = [w for w in seen if issubclass(w.category, EvaluationWarning) and "aa-fast" in str(w.message)]
     assert fast, "aa-fast did not warn about the masked gradients"
     assert res.accuracy["aa-fast"] <= res.accuracy["autoattack"] + aafast.TOLERANCE
     assert res.accuracy["autoattack"] < res.accuracy["clean"] - 20  # the defect is real: Square breaks it
     assert res.settings["aa-fast"]["masked"] > 0 and res.settings["aa-fast"]["broken_per_stage"]["square"] > 0
+    counted = res.settings["passes"]  # the same counter on both
+    assert counted["autoattack"]["passes"] > 0 and counted["aa-fast"]["passes"] == res.settings["aa-fast"]["passes"]
 
 
 def test_masked_model_would_look_robust_without_the_square_stage(data, monkeypatch):
