@@ -152,17 +152,28 @@ def aa_fast(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k
     Warns (:class:`robustzoo.evaluation.EvaluationWarning`) when some images have no input gradient,
     which sends them to the gradient-free Square stage.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or n_iter < 1 or square_queries < 1:
+        from .errors import DataError
+
+        raise DataError(f"aa-fast needs k, n_iter and square_queries >= 1 (got {k!r}, {n_iter!r}, "
+                        f"{square_queries!r}); the defaults are {DEFAULTS}")
     counter = model if isinstance(model, PassCounter) else PassCounter(model)
     t0 = time.perf_counter()
     with torch.no_grad():
-        robust = torch.cat([counter(xb).argmax(1).cpu() == yb.cpu()
-                            for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+        logits = [counter(xb) for xb in x.split(batch_size)]
+    robust = torch.cat([z.argmax(1).cpu() for z in logits]) == y.cpu()
+    n_targets = min(k, logits[0].shape[1] - 1)
+    if logits[0].shape[1] < 4:  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
+        from .errors import DataError
+
+        raise DataError(f"aa-fast needs a classifier with at least 4 classes (got {logits[0].shape[1]}), as "
+                        "AutoAttack's targeted DLR loss does; use 'pgd20' or 'autoattack' instead")
     broken_by = ["" if r else "clean" for r in robust.tolist()]
     attacked = {}
     with torch.random.fork_rng(devices=[]):  # fixed seeds without disturbing the caller's RNG
         attacked["apgd-ce"] = _stage("apgd-ce", lambda xb, yb, _: _apgd(counter, xb, yb, eps=eps, n_iter=n_iter,
                                      seed=seed), robust, broken_by, x, y, batch_size)
-        targets = torch.zeros(len(x), max(1, min(k, 9)), dtype=torch.long)
+        targets = torch.zeros(len(x), n_targets, dtype=torch.long)
         masked = torch.zeros(len(x), dtype=torch.bool)
 
         def select(xb, yb, ib):

@@ -150,3 +150,21 @@ def test_evaluate_reports_aa_fast_under_its_own_name(data, tmp_path):
                  "--attacks", "clean,aa-fast", "--json", str(out)]) == 0
     fast = json.loads(out.read_text())["settings"]["aa-fast"]
     assert {"robust_accuracy", "n", "passes", "seconds"} <= set(fast) and fast["n"] == 6
+
+
+def test_bad_k_is_a_clear_error_and_k_is_capped_by_the_classes():
+    from robustzoo.errors import DataError
+
+    x = torch.rand(4, 1, 2, 2)
+    with pytest.raises(DataError, match="k, n_iter"):
+        aa_fast(nn.Sequential(nn.Flatten(), nn.Linear(4, 5)), x, torch.zeros(4, dtype=torch.long), eps=EPS, k=0)
+    with pytest.raises(DataError, match="at least 4 classes"):
+        aa_fast(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), x, torch.zeros(4, dtype=torch.long), eps=EPS)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5))
+    with torch.no_grad():
+        model[1].weight.mul_(0.01)  # a small gradient (not masked)
+        model[1].bias.copy_(torch.tensor([9.0, 0, 0, 0, 0]))  # class 0 by far: robust at this eps
+    res = aa_fast(model.eval(), x, torch.zeros(4, dtype=torch.long), eps=EPS, k=9, n_iter=5)
+    att = res.settings["attacked_per_stage"]  # 5 classes: at most 4 targets, each attacking all 4 images
+    assert [att.get(f"apgd-t{r}") for r in range(1, 6)] == [4, 4, 4, 4, None] and bool(res.robust.all())
