@@ -37,6 +37,7 @@ from robustzoo.weights import atomic_write
 OUT = ROOT / "benchmarks" / "aa"
 OUT_FAST = ROOT / "benchmarks" / "aa-fast"
 ZOO_JSON = ROOT / "robustzoo" / "zoo" / "zoo.json"
+STARTED_AT: dict = {}  # the commit this process started from (set once in main; the code it runs)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -78,7 +79,8 @@ def run_fast_chunk(name: str, model, x, y, start: int, end: int, sha: str) -> di
     return {"name": name, "sha256": sha, "start": start, "end": end, "n": res.n,
             "clean": int(res.correct["clean"].sum()), "robust": int(res.correct["aa-fast"].sum()),
             "robust_per_image": "".join("1" if c else "0" for c in res.correct["aa-fast"].tolist()),
-            "attack": f"aa-fast (robustzoo.aafast, NOT AutoAttack), Linf eps {EPS}, seed 0", "commit": git_commit(),
+            "attack": f"aa-fast (robustzoo.aafast, NOT AutoAttack), Linf eps {EPS}, seed 0",
+            "commit": STARTED_AT.get("commit") or git_commit(),
             "aa_fast": {k: v for k, v in fast.items() if k not in ("robust_accuracy", "n")},
             "passes": fast["passes"], "versions": res.settings["versions"],
             "seconds": round(time.perf_counter() - t0, 1), "machine": MACHINE, "python": platform.python_version(),
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(merge_fast(args.name, sha) if fast else merge(args.name, sha)))
         return 0
     torch.set_num_threads(1)
+    STARTED_AT["commit"] = git_commit()
     model = for_eval(load(args.name))
     x, y = load_fashion_mnist("test")
     if not 0 <= args.start < args.end <= len(x):
