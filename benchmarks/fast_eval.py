@@ -31,6 +31,7 @@ from robustzoo._download import file_sha256
 
 TUNE, HELD_OUT = (0, 400), (400, 800)
 JSON_OUT = ROOT / "benchmarks" / "fast_eval.json"
+FAST_OUT = ROOT / "benchmarks" / "aa-fast"
 
 
 def committed_aa(name: str, sha: str) -> tuple[int, torch.Tensor]:
@@ -175,7 +176,17 @@ def markdown() -> str:
             f = full[name]
             lines += ["", f"aa-fast on the first {f['aa_fast_n']:,} test images: **{f['aa_fast']:.2f} %** "
                       f"(95 % Wilson {f['aa_fast_ci95'][0]:.2f}-{f['aa_fast_ci95'][1]:.2f}), clean "
-                      f"{f['clean_on_aa_fast_subset']:.2f} % on them; {f['aa_fast_label']}."]
+                      f"{f['clean_on_aa_fast_subset']:.2f} % on them; {f['aa_fast_label']}. "
+                      f"{f['aa_fast_passes']:,} image passes, {f['aa_fast_seconds']:,.0f} s of 1-thread time."]
+            n_aa, aa = committed_aa(name, f["sha256"])
+            bits = "".join(c["robust_per_image"] for c in chunks_on_file(name, f["sha256"], FAST_OUT)
+                           if c["end"] <= f["aa_fast_n"])[:n_aa]  # the contiguous prefix that was merged
+            if bits:  # the full run's own chunks (evaluate(), batches of 100) on the AutoAttack subset
+                a = agreement(aa[:len(bits)], torch.tensor([b == "1" for b in bits], dtype=torch.bool))
+                lines.append(f"Its chunks on the first {a['n']} images against the committed AutoAttack outcomes: "
+                             f"broken only by AA {a['broken_only_by_aa']}, only by aa-fast "
+                             f"{a['broken_only_by_aa_fast']}, difference {a['diff_points']:+.2f} points "
+                             f"({a['diff_ci95'][0]:+.2f} to {a['diff_ci95'][1]:+.2f}).")
     return "\n".join(lines)
 
 
