@@ -157,7 +157,7 @@ def _pgd_eval(model, x, y, clean, spec, *, eps, alpha, restarts, seed, batch_siz
     return got
 
 
-def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str]:
+def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str, dict]:
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:  # the optional extra
