@@ -248,7 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="registry name, hf-hub:org/repo, folder or .safetensors file")
     data_opts(s)
     s.add_argument("--split", default="test", help="train or test (extra for SVHN)")
-    s.add_argument("--attacks", default="clean,pgd20", help="comma list: clean,pgd20,pgd20-cw,autoattack")
+    s.add_argument("--attacks", default="clean,pgd20", help="comma list: clean,pgd20,pgd20-cw,autoattack,aa-fast "
+                   "(aa-fast: a cheaper cascade checked against AutoAttack, not AutoAttack)")
     s.add_argument("--alpha", type=_number, help="PGD step size (default: eps/4)")
     s.add_argument("--restarts", type=_count(1), default=1, help="PGD random restarts")
     s.add_argument("--batch-size", type=_count(1), default=256, help="evaluation batch size")

@@ -67,7 +67,7 @@ class EvalResult:
 def _parse_attacks(attacks) -> list[dict]:
     if isinstance(attacks, str):
         attacks = (attacks,)
-    specs, known = [], ["clean", "pgd20", "pgd10", "pgd20-cw", "pgd100", "autoattack"]
+    specs, known = [], ["clean", "pgd20", "pgd10", "pgd20-cw", "pgd100", "autoattack", "aa-fast"]
     for name in attacks:
         key = str(name).lower()
         m = _PGD.match(key)
@@ -75,6 +75,8 @@ def _parse_attacks(attacks) -> list[dict]:
             specs.append({"name": "clean", "kind": "clean"})
         elif key in ("autoattack", "aa"):
             specs.append({"name": "autoattack", "kind": "autoattack", "version": "standard"})
+        elif key in ("aa-fast", "aafast"):  # its own name: never reported as AutoAttack
+            specs.append({"name": "aa-fast", "kind": "aa-fast"})
         elif m and int(m.group(1)) > 0:
             loss = "cw" if m.group(2) == "-cw" else "ce"
             specs.append({"name": key, "kind": "pgd", "steps": int(m.group(1)), "loss": loss})
@@ -82,7 +84,7 @@ def _parse_attacks(attacks) -> list[dict]:
             close = difflib.get_close_matches(key, known, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise DataError(f"unknown attack {name!r}{hint} (use 'clean', 'pgdK' (CE, K steps, e.g. "
-                            "'pgd20'), 'pgdK-cw' (CW margin loss) or 'autoattack')")
+                            "'pgd20'), 'pgdK-cw' (CW margin loss), 'autoattack' or 'aa-fast')")
     if not specs:
         raise DataError("attacks is empty; e.g. attacks=('clean', 'pgd20')")
     return specs
@@ -145,12 +147,15 @@ def _pgd_eval(model, x, y, clean, spec, *, eps, alpha, restarts, seed, batch_siz
     return got
 
 
-def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str]:
+def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, str, dict]:
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:  # the optional extra
         raise RobustZooError("attack 'autoattack' needs the AutoAttack package: pip install robustzoo[autoattack]"
                              ) from e
+    from .aafast import PassCounter
+
+    model = PassCounter(model)  # the same pass counter as aa-fast, so the two costs compare
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
     params = [(p, p.requires_grad) for p in model.parameters()]
     try:  # FAB calls .backward(): freezing the weights saves their gradients and keeps .grad clean
@@ -160,7 +165,16 @@ def _autoattack(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Te
     finally:
         for p, flag in params:
             p.requires_grad_(flag)
-    return (y_adv.to(y.device) == y), metadata.version("pyautoattack")
+    return (y_adv.to(y.device) == y), metadata.version("pyautoattack"), model.counts()
+
+
+def _aa_fast(model, x, y, *, eps, batch_size, device, seed) -> tuple[torch.Tensor, dict]:
+    from .aafast import aa_fast
+
+    res = aa_fast(model, x.to(device), y.to(device), eps=eps, seed=seed, batch_size=batch_size)
+    summary = {"robust_accuracy": round(100.0 * res.robust.double().mean().item(), 4), "n": len(x),
+               **res.counts, "seconds": res.seconds, **res.settings}
+    return res.robust, summary
 
 
 def evaluate(
@@ -188,7 +202,9 @@ def evaluate(
             a Dataset, a DataLoader or ``(x, y)`` tensors.
         eps: Linf budget in pixel units (paper: 8/255; Fashion-MNIST demo: 0.1).
         attacks: names among ``"clean"``, ``"pgdK"`` (CE, K steps, e.g. ``"pgd20"`` = the paper's RA),
-            ``"pgdK-cw"`` (CW margin loss), ``"autoattack"`` (standard AutoAttack, Linf).
+            ``"pgdK-cw"`` (CW margin loss), ``"autoattack"`` (standard AutoAttack, Linf), ``"aa-fast"``
+            (a cheaper cascade of APGD-CE and MALT-targeted APGD-T, :mod:`robustzoo.aafast`; reported
+            under its own name, with its passes and seconds in ``settings["aa-fast"]``).
         alpha: PGD step size; default ``eps / 4`` (2/255 at 8/255, as in the paper).
         n: evaluate the first ``n`` samples only (file order, like RobustBench).
         batch_size: evaluation batch size.
@@ -234,8 +250,14 @@ def evaluate(
             if spec["kind"] == "clean":
                 got = clean
             elif spec["kind"] == "autoattack":
-                got, settings["versions"]["pyautoattack"] = _autoattack(
+                got, settings["versions"]["pyautoattack"], counts = _autoattack(
                     model, x, y, eps=eps, batch_size=batch_size, device=device, seed=seed)
+                settings["passes"] = {**settings.get("passes", {}), "autoattack": counts}
+            elif spec["kind"] == "aa-fast":
+                got, settings["aa-fast"] = _aa_fast(model, x, y, eps=eps, batch_size=batch_size, device=device,
+                                                    seed=seed)
+                settings["passes"] = {**settings.get("passes", {}), "aa-fast": {
+                    k: settings["aa-fast"][k] for k in ("forward", "backward", "passes")}}
             else:
                 got = _pgd_eval(model, x, y, clean, spec, eps=eps, alpha=alpha, restarts=restarts, seed=seed,
                                 batch_size=batch_size, device=device, amp=amp, progress=progress)

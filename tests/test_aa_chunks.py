@@ -33,3 +33,33 @@ def test_merge_sums_the_contiguous_prefix_of_the_same_file(tmp_path, monkeypatch
     assert json.loads(zoo.read_text())["m"]["metrics"] == {"clean": 70.0, "n": 10000, **got}
     with pytest.raises(SystemExit, match="no chunk starting at image 0"):
         aa_chunks.merge("m", "c" * 64)
+
+
+def test_aa_fast_merge_writes_its_own_metrics_with_a_wilson_interval(tmp_path, monkeypatch):
+    out = tmp_path / "aa-fast"
+    (out / "m").mkdir(parents=True)
+    monkeypatch.setattr(aa_chunks, "OUT_FAST", out)
+    for s, robust in ((0, 50), (100, 60)):
+        rec = {"sha256": "a" * 64, "start": s, "end": s + 100, "n": 100, "robust": robust, "clean": 80,
+               "passes": 1000, "seconds": 10.0, "date": "2026-12-02"}
+        (out / "m" / f"{s:05d}-{s + 100:05d}.json").write_text(json.dumps(rec))
+    got = aa_chunks.merge_fast("m", "a" * 64)
+    assert got["aa_fast"] == 55.0 and got["aa_fast_n"] == 200 and got["aa_fast_passes"] == 2000
+    lo, hi = got["aa_fast_ci95"]
+    assert 48.0 < lo < 55.0 < hi < 62.0  # Wilson 95 % for 110/200: 48.07 to 61.76
+    assert json.loads((out / "metrics.json").read_text())["m"]["aa_fast_robust"] == 110
+    assert aa_chunks.wilson(0, 10)[0] == 0.0 and aa_chunks.wilson(10, 10)[1] == 100.0
+
+
+def test_fast_eval_agreement_table_and_paired_interval():
+    import torch
+    from fast_eval import agreement
+
+    aa = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0] * 25, dtype=torch.bool)
+    fast = aa.clone()
+    fast[2] = True  # broken only by AutoAttack
+    got = agreement(aa, fast)
+    assert (got["robust_both"], got["broken_both"], got["broken_only_by_aa"], got["broken_only_by_aa_fast"]) \
+        == (100, 99, 1, 0)
+    assert got["diff_points"] == 0.5 and got["diff_ci95"][0] < 0.5 < got["diff_ci95"][1]
+    assert got["broken_only_by_aa_pct"] == 0.5
