@@ -16,8 +16,8 @@ each image on its own, so disjoint chunks add up to the same estimate as one run
 
 ``--attack aa-fast`` does the same for the cheaper ``aa-fast`` cascade (robustzoo/aafast.py; about
 0.6 s per image here), under ``benchmarks/aa-fast/<name>/``; its ``--merge`` writes the contiguous
-total, with a 95 % Wilson interval, into ``benchmarks/aa-fast/metrics.json`` (never into the AutoAttack
-fields: aa-fast is not AutoAttack).
+total, with a 95 % Wilson interval, into the same ``benchmarks/zoo_metrics.json`` entry under its own
+``aa_fast*`` keys (never into the AutoAttack fields: aa-fast is not AutoAttack).
 """
 
 from __future__ import annotations
@@ -33,19 +33,13 @@ import torch
 from mini_lib import EPS, MACHINE, ROOT, for_eval
 
 from robustzoo._download import file_sha256
+from robustzoo.card import wilson
 from robustzoo.weights import atomic_write
 
 OUT = ROOT / "benchmarks" / "aa"
 METRICS_JSON = ROOT / "benchmarks" / "zoo_metrics.json"  # {name: {"sha256", "metrics"}}: measured here
 OUT_FAST = ROOT / "benchmarks" / "aa-fast"
 STARTED_AT: dict = {}  # the commit this process started from (set once in main; the code it runs)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of the proportion k/n, in percent."""
-    p, d = k / n, 1 + z * z / n
-    mid, half = (p + z * z / (2 * n)) / d, z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
-    return round(100 * (mid - half), 2), round(100 * (mid + half), 2)
 
 
 
@@ -105,7 +99,7 @@ def fast_metrics(name: str, sha: str) -> dict:
         dates.append(c["date"])
     if not n:
         return {}
-    return {"sha256": sha, "aa_fast": round(100 * robust / n, 2), "aa_fast_ci95": list(wilson(robust, n)),
+    return {"aa_fast": round(100 * robust / n, 2), "aa_fast_ci95": [round(v, 2) for v in wilson(robust, n)],
             "aa_fast_n": n, "aa_fast_robust": robust, "clean_on_aa_fast_subset": round(100 * clean / n, 2),
             "aa_fast_passes": passes, "aa_fast_seconds": round(seconds, 1),
             "aa_fast_date": ", ".join(sorted(set(dates))),
@@ -113,15 +107,11 @@ def fast_metrics(name: str, sha: str) -> dict:
 
 
 def merge_fast(name: str, sha: str) -> dict:
-    """Write :func:`fast_metrics` for ``name`` into benchmarks/aa-fast/metrics.json."""
+    """Write :func:`fast_metrics` into the figures measured for this file (``benchmarks/zoo_metrics.json``)."""
     got = fast_metrics(name, sha)
     if not got:
         raise SystemExit(f"no aa-fast chunk starting at image 0 for {name} (sha256 {sha[:12]})")
-    path = OUT_FAST / "metrics.json"
-    allm = json.loads(path.read_text()) if path.exists() else {}
-    allm[name] = got
-    path.write_text(json.dumps(allm, indent=1, sort_keys=True) + "\n")
-    return got
+    return record_metrics(METRICS_JSON, name, sha, got)
 
 
 def chunks_on_file(name: str, sha: str, out: Path | None = None) -> list[dict]:
@@ -184,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", type=int, default=0, help="this process takes chunk k if k %% workers == worker")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--merge", action="store_true", help="write the contiguous chunks' total into "
-                    "benchmarks/zoo_metrics.json (AutoAttack) or benchmarks/aa-fast/metrics.json (aa-fast)")
+                    "benchmarks/zoo_metrics.json (the release step, training/publish.py, copies it into the registry)")
     ap.add_argument("--attack", choices=("autoattack", "aa-fast"), default="autoattack")
     args = ap.parse_args(argv)
     spec = REGISTRY.get(args.name)

@@ -24,10 +24,11 @@ import sys
 import time
 
 import torch
-from aa_chunks import OUT, chunks_on_file, git_commit, wilson
+from aa_chunks import OUT, chunks_on_file, git_commit
 from mini_lib import EPS, MACHINE, ROOT, for_eval
 
 from robustzoo._download import file_sha256
+from robustzoo.card import wilson
 
 TUNE, HELD_OUT = (0, 400), (400, 800)
 JSON_OUT = ROOT / "benchmarks" / "fast_eval.json"
@@ -135,11 +136,11 @@ def report(name, model, x, y, sha, count_n, blocks) -> dict:
 
 
 def markdown() -> str:
-    """The RESULTS.md tables, from fast_eval.json, fast_eval_tune.json and aa-fast/metrics.json."""
+    """The RESULTS.md tables, from fast_eval.json, fast_eval_tune.json and benchmarks/zoo_metrics.json."""
     rep = json.loads(JSON_OUT.read_text())
     tun = json.loads(JSON_OUT.with_name("fast_eval_tune.json").read_text())
-    full_path = ROOT / "benchmarks" / "aa-fast" / "metrics.json"
-    full = json.loads(full_path.read_text()) if full_path.exists() else {}
+    measured = json.loads((ROOT / "benchmarks" / "zoo_metrics.json").read_text())
+    full = {k: dict(v["metrics"], sha256=v["sha256"]) for k, v in measured.items() if "aa_fast" in v["metrics"]}
     lines = []
     for name in (k for k in rep if isinstance(rep[k], dict) and "sha256" in rep[k]):
         t, h, c = tun.get(name, {}), rep[name].get("held_out", {}), rep[name]["counted_block"]

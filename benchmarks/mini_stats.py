@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from robustzoo.card import wilson  # the one Wilson interval (robustzoo list and MODEL_CARD show it too)
+
 Z95 = 1.959963984540054
 SINGLE = ("rot-adv", "jig-adv")
 
@@ -56,16 +58,6 @@ def verdict(low: float, high: float, *, lower_is_better: bool = False) -> str:
     if lower_is_better:
         low, high = -high, -low
     return "holds" if low > 0 else "reversed" if high < 0 else "inconclusive"
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (percent) for k successes in n trials."""
-    if n <= 0:
-        return 0.0, 100.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
 def epochs_to_reach(history: list[dict], target: float) -> int | None:

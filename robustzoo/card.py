@@ -9,19 +9,31 @@ checks that the card equals :func:`render_model_card`, so it never drifts from i
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from .registry import REGISTRY, WeightSpec
 
-__all__ = ["format_metrics", "pct", "table", "render_registry_table", "render_model_card", "update_model_card",
-           "START", "END"]
+__all__ = ["format_metrics", "wilson", "pct", "table", "render_registry_table", "render_model_card",
+           "update_model_card", "START", "END"]
 
 START, END = "<!-- registry:start -->", "<!-- registry:end -->"
 MINI_START, MINI_END = "<!-- mini_repro:start -->", "<!-- mini_repro:end -->"
 MINI_INTRO = "Produced by `benchmarks/mini_repro.py` (also in benchmarks/RESULTS.md). All numbers measured here."
-_LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack",
+_LABELS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack", "aa_fast": "aa-fast",
            "autoattack_robustbench": "AA (RobustBench)"}
+_WITH_INTERVAL = ("autoattack", "aa_fast")  # measured on a subset or a costly attack: show the 95 % interval
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval, in percent, of k successes in n trials (Wilson 1927)."""
+    if n <= 0:
+        return 0.0, 100.0
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    lo, hi = 100 * (centre - half), 100 * (centre + half)
+    return (0.0 if k <= 0 else max(0.0, lo)), (100.0 if k >= n else min(100.0, hi))  # exact at the ends
 
 
 def format_metrics(metrics: Mapping[str, object]) -> str:
@@ -40,7 +52,11 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
     for key, name in _LABELS.items():
         v, sub = num(prefix + key), num(f"{key}_n")
         if v is not None:
-            parts.append(f"{name} {v:.2f}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
+            ci = ""
+            if key in _WITH_INTERVAL and sub:  # the interval of k robust images out of sub
+                lo, hi = wilson(round(v * sub / 100), int(sub))
+                ci = f" [{lo:.1f}, {hi:.1f}]"
+            parts.append(f"{name} {v:.2f}{ci}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
     out = label + ", ".join(parts)
     pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))
     out += "".join(f"; pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None)

@@ -35,10 +35,12 @@ def test_merge_sums_the_contiguous_prefix_of_the_same_file(tmp_path, monkeypatch
         aa_chunks.merge("m", "c" * 64)
 
 
-def test_aa_fast_merge_writes_its_own_metrics_with_a_wilson_interval(tmp_path, monkeypatch):
-    out = tmp_path / "aa-fast"
+def test_aa_fast_merge_records_its_own_keys_with_a_wilson_interval(tmp_path, monkeypatch):
+    out, zoo = tmp_path / "aa-fast", tmp_path / "zoo_metrics.json"
     (out / "m").mkdir(parents=True)
+    zoo.write_text(json.dumps({"m": {"sha256": "a" * 64, "metrics": {"clean": 70.0, "autoattack": 54.0}}}))
     monkeypatch.setattr(aa_chunks, "OUT_FAST", out)
+    monkeypatch.setattr(aa_chunks, "METRICS_JSON", zoo)
     for s, robust in ((0, 50), (100, 60)):
         rec = {"sha256": "a" * 64, "start": s, "end": s + 100, "n": 100, "robust": robust, "clean": 80,
                "passes": 1000, "seconds": 10.0, "date": "2026-12-02"}
@@ -47,7 +49,8 @@ def test_aa_fast_merge_writes_its_own_metrics_with_a_wilson_interval(tmp_path, m
     assert got["aa_fast"] == 55.0 and got["aa_fast_n"] == 200 and got["aa_fast_passes"] == 2000
     lo, hi = got["aa_fast_ci95"]
     assert 48.0 < lo < 55.0 < hi < 62.0  # Wilson 95 % for 110/200: 48.07 to 61.76
-    assert json.loads((out / "metrics.json").read_text())["m"]["aa_fast_robust"] == 110
+    recorded = json.loads(zoo.read_text())["m"]["metrics"]
+    assert recorded["aa_fast_robust"] == 110 and recorded["autoattack"] == 54.0  # never in the AutoAttack fields
     assert aa_chunks.wilson(0, 10)[0] == 0.0 and aa_chunks.wilson(10, 10)[1] == 100.0
 
 

@@ -29,7 +29,10 @@ def test_every_registry_name_has_a_row():
 def test_format_metrics_names_every_subset():
     cls = {"clean": 70.68, "n": 10000, "pgd20": 57.1, "pgd20_n": 10000, "autoattack": 54.5, "autoattack_n": 200,
            "date": "2026-11-27"}
-    assert format_metrics(cls) == "clean 70.68, PGD-20 57.10, AutoAttack 54.50 (first 200)"
+    assert format_metrics(cls) == "clean 70.68, PGD-20 57.10, AutoAttack 54.50 [47.6, 61.3] (first 200)"  # 109/200
+    fast = {**cls, "aa_fast": 56.43, "aa_fast_n": 3700}  # aa-fast keeps its own name, with its interval
+    assert format_metrics(fast).endswith("AutoAttack 54.50 [47.6, 61.3] (first 200), aa-fast 56.43 [54.8, 58.0] "
+                                         "(first 3700)")
     assert format_metrics({**cls, "pgd20_n": 2000}).startswith("clean 70.68, PGD-20 57.10 (first 2000), ")
     bb = {"linear_probe_clean": 81.7, "linear_probe_pgd20": 0.5, "n": 10000, "pgd20_n": 10000,
           "pretext_clean_rotation": 89.63, "pretext_score": 89.63}
