@@ -135,6 +135,25 @@ def test_publish_refuses_metrics_of_another_file_and_writes_nothing(run_dir, tmp
     assert staged.read_bytes() == REGISTRY_FILE.read_bytes() and not (staged.parent / f"{NAME}.safetensors").exists()
 
 
+def test_refresh_metrics_takes_only_figures_of_the_released_file(tmp_path):
+    name = "at-baseline-r18-w16-fmnist"
+    staged = _registry_copy(tmp_path)
+    shutil.copyfile(REGISTRY_FILE.parent / f"{name}.safetensors", staged.parent / f"{name}.safetensors")
+    spec = read_records(staged)[name]
+    grown = {**spec.metrics, "aa_fast": 56.5, "aa_fast_n": 4000}
+    table = tmp_path / "zoo_metrics.json"
+    table.write_text(json.dumps({name: {"sha256": "0" * 64, "metrics": grown}}))
+    with pytest.raises(SystemExit, match="no figures for this file"):  # figures of another file: refused
+        publish.main([name, "--refresh-metrics", "--registry", str(staged), "--metrics", str(table)])
+    assert read_records(staged)[name].metrics == spec.metrics
+    table.write_text(json.dumps({name: {"sha256": spec.sha256, "metrics": grown}}))
+    publish.main([name, "--refresh-metrics", "--registry", str(staged), "--metrics", str(table)])
+    new = read_records(staged)[name]
+    assert new.metrics == grown and new.sha256 == spec.sha256 and new.provenance == spec.provenance
+    with pytest.raises(SystemExit, match="not a released record"):
+        publish.main(["rot-adv-r18", "--refresh-metrics", "--registry", str(staged), "--metrics", str(table)])
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "training").glob("*.py")
                                           if "__main__" in p.read_text()))
 def test_every_training_script_says_what_it_does(script, capsys, monkeypatch):

@@ -3,6 +3,7 @@
     python training/publish.py runs/rot-adv-aft-r50 --repo-id robustzoo/rot-adv-aft-r50 [--endpoint URL]
     python training/publish.py runs/zoo/rot-adv-r18-w16-fmnist --embed --metrics benchmarks/zoo_metrics.json
     python training/publish.py RUN_DIR --repo-id ORG/NAME --registry /tmp/registry.json   # try it on a copy
+    python training/publish.py at-baseline-r18-w16-fmnist --refresh-metrics --metrics benchmarks/zoo_metrics.json
 
 RUN_DIR is a run folder written by ``training/reproduce.py`` (``model.safetensors``, ``metrics.json``,
 ``provenance.json``). The weight is loaded strictly first. Then:
@@ -135,27 +136,56 @@ def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, 
         revision = "0" * 40  # dry run: the diff shows where the commit will go
     new = pinned_record(spec, config=model.config, sha=sha, metrics=metrics, provenance=prov, repo_id=repo_id,
                         revision=revision, embedded=embed)
+    if embed and not dry_run:
+        _copy_into(weights, registry.parent / new.filename)
+    return new, _write(registry, specs, name, new, dry_run)
+
+
+def _write(registry: Path, specs: dict, name: str, new: WeightSpec, dry_run: bool) -> str:
+    """Put ``new`` in place of ``specs[name]``, write the registry (and MODEL_CARD.md for the package's own) and
+    return the diff."""
     before, specs[name] = dump_records(specs), new
     after = dump_records(specs)
     diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{registry.name}",
                                         f"b/{registry.name}"))
     if not dry_run:
-        if embed:
-            _copy_into(weights, registry.parent / new.filename)
         atomic_write(registry, lambda tmp: Path(tmp).write_text(after))
         if registry.resolve() == REGISTRY_FILE:
             from robustzoo.card import update_model_card
 
             update_model_card(ROOT / "MODEL_CARD.md", specs)
-    return new, diff
+    return diff
+
+
+def refresh_metrics(name: str, *, registry: Path, metrics_file: Path | None,
+                    dry_run: bool = False) -> tuple[WeightSpec, str]:
+    """Re-measured figures of an already released file (e.g. AutoAttack chunks that grew): only ``metrics``
+    changes, and only with figures measured on this very file (its sha256)."""
+    if metrics_file is None:
+        raise RobustZooError("--refresh-metrics takes the figures from --metrics (e.g. benchmarks/zoo_metrics.json)")
+    specs = read_records(registry)
+    spec = specs.get(name)
+    if spec is None or not spec.published:
+        raise RobustZooError(f"{name!r} is not a released record of {registry}: release its run folder first")
+    if spec.embedded and file_sha256(registry.parent / spec.filename) != spec.sha256:
+        raise RobustZooError(f"the shipped file of {name} does not match its record's sha256; reinstall robustzoo")
+    metrics = run_metrics(Path("."), name, spec.sha256, metrics_file)
+    missing = {"how", "machine", "date"} - set(metrics)
+    if missing:
+        raise RobustZooError(f"measured metrics must say how, where and when; missing {sorted(missing)}")
+    new = dataclasses.replace(spec, metrics=metrics)
+    return new, _write(registry, specs, name, new, dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", type=Path, help="a run folder written by training/reproduce.py")
+    p.add_argument("dir", type=Path, help="a run folder written by training/reproduce.py (with --refresh-metrics: "
+                   "the registry name)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo-id", help="upload to this Hub repo, e.g. robustzoo/rot-adv-aft-r50")
     where.add_argument("--embed", action="store_true", help="ship the weight inside the package instead")
+    where.add_argument("--refresh-metrics", action="store_true",
+                       help="keep the released file; copy its newly measured figures from --metrics into its record")
     p.add_argument("--name", default="", help="registry name (default: the one stored in the weight)")
     p.add_argument("--registry", type=Path, default=None,
                    help=f"registry file to rewrite (default: ${{ROBUSTZOO_REGISTRY}} or {REGISTRY_FILE.name} "
@@ -167,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the registry diff; upload and write nothing")
     args = p.parse_args(argv)
     try:
-        new, diff = release(args.dir, repo_id=args.repo_id, embed=args.embed, registry=args.registry or registry_path(),
-                            name=args.name, metrics_file=args.metrics, endpoint=args.endpoint, token=args.token,
-                            dry_run=args.dry_run)
+        if args.refresh_metrics:
+            new, diff = refresh_metrics(str(args.dir), registry=args.registry or registry_path(),
+                                        metrics_file=args.metrics, dry_run=args.dry_run)
+        else:
+            new, diff = release(args.dir, repo_id=args.repo_id, embed=args.embed,
+                                registry=args.registry or registry_path(), name=args.name, metrics_file=args.metrics,
+                                endpoint=args.endpoint, token=args.token, dry_run=args.dry_run)
     except RobustZooError as e:
         raise SystemExit(f"error: {e}") from None
     print(diff or "# the registry already holds this record", end="")
