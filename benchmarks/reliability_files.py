@@ -21,8 +21,10 @@ import os
 import pickle
 import platform
 import random
+import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -238,6 +240,56 @@ class Bench:
             offset += t.numel() * size
         return "sparse", (json.dumps(header).encode(), offset)
 
+    # -- fine-tuning checkpoints (issue #11 points 5 and 6): made unusable, then resumed
+    _FT = dict(mode="adv-full", epochs=2, batch_size=16, eps=0.1, steps=1, eval_steps=1, lr=0.05, progress=False)
+
+    def _ft_model(self, seed: int = 0, width: float = 0.0625):
+        torch.manual_seed(seed)
+        return resnet18(width=width, in_chans=1, num_classes=4)
+
+    def _ft_data(self, shift: int = 0):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(48, 1, 16, 16, generator=g), (torch.arange(48) + shift) % 4
+
+    def _ft_run(self) -> Path:
+        """A finished 2-epoch fine-tuning run's folder, copied fresh for every try."""
+        base = self.work / "ft-base"
+        if not base.exists():
+            robustzoo.finetune(self._ft_model(), self._ft_data(), checkpoint_dir=base, **self._FT)
+        folder = self.work / "ft-try"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(base, folder)
+        return folder
+
+    def ckpt_resume(self, i):
+        """One of: a flipped byte in a tensor, an edited epoch counter, another width, other starting weights
+        (another run's folder), other data; each resumed with ``resume=True``."""
+        folder, how = self._ft_run(), i % 5
+        path = folder / "ckpt.safetensors"
+        model, data = self._ft_model(), self._ft_data()
+        if how == 0:
+            raw = bytearray(path.read_bytes())
+            n = struct.unpack("<Q", raw[:8])[0]
+            raw[8 + n + self.rng.randrange(len(raw) - 8 - n)] ^= 1 << self.rng.randrange(8)
+            path.write_bytes(bytes(raw))
+        elif how == 1:
+            meta, tensors = _header(path.read_bytes())[0]["__metadata__"], st_load(str(path))
+            state = json.loads(meta["state"])
+            state["epoch"] = state["epoch"] + self.rng.choice([-1, 1, 5])
+            save_file(tensors, str(path), metadata={**meta, "state": json.dumps(state)})
+        elif how == 2:
+            model = self._ft_model(width=0.125)
+        elif how == 3:
+            model = self._ft_model(seed=1 + i)
+        else:
+            data = self._ft_data(shift=1)
+        return "resume", (model, data, folder)
+
+    def ckpt_locked(self, i):
+        """Another process holds the run folder's lock while a second fine-tune starts there."""
+        folder = self._ft_run()
+        return "locked", (self._ft_model(), self._ft_data(), folder)
+
     def _save(self, tensors, meta=None) -> bytes:
         path = self.work / "tmp.safetensors"
         save_file(dict(tensors), str(path), metadata=meta or self.meta)
@@ -262,6 +314,20 @@ class Bench:
                     f.truncate(8 + len(payload[0]) + payload[1])
                 load_file(path)
                 outcome = "wrong"
+            elif kind in ("resume", "locked"):
+                model, data, folder = payload
+                holder = None
+                if kind == "locked":  # a real second process, as two users' runs would be
+                    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder / ".run.lock")],
+                                              stdout=subprocess.PIPE, text=True)
+                    holder.stdout.readline()  # "held"
+                try:
+                    robustzoo.finetune(model, data, checkpoint_dir=folder, resume=True, **Bench._FT)
+                finally:
+                    if holder is not None:
+                        holder.kill()
+                        holder.wait()
+                outcome = "wrong"  # resumed (or ran) silently from a checkpoint it should have refused
             elif kind == "ckpt":
                 convert("finetune", [payload], self.work / "out")
                 outcome = "wrong"
@@ -284,6 +350,10 @@ class Bench:
                 leftover.unlink()
             (self.work / "model.safetensors").unlink(missing_ok=True)
         return "payload" if self.marker.exists() else outcome
+
+
+_HOLD = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); time.sleep(120)")
 
 
 class _Hang(Exception):
@@ -314,6 +384,9 @@ CLASSES = [
     ("sparse or quantized tensor -> convert", "sparse_quantized"),
     ("FIFO, /dev/zero or folder -> load (with and without sha256)", "non_regular"),
     ("sparse file whose consistent header declares ~0.5-2 TB -> load_file", "sparse_terabyte"),
+    ("fine-tuning checkpoint: flipped byte, edited epoch, other width / weights / data -> finetune(resume=True)",
+     "ckpt_resume"),
+    ("run folder locked by another process -> finetune", "ckpt_locked"),
 ]
 CONTROL = ("control, not robustzoo: the same .pt payloads through torch.load(weights_only=False)", "control_unsafe")
 
