@@ -71,6 +71,27 @@ def save_pretrained(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = directory / WEIGHTS_NAME
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    card = dict(config, name=name, robustzoo_version=meta["robustzoo_version"])
+    card = dict(config, name=name, robustzoo_version=meta["robustzoo_version"], **_timm_fields(config, name))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
     return path
+
+
+def _timm_fields(config: Mapping, name: str) -> dict:
+    """What ``timm.create_model("hf-hub:ORG/REPO")`` reads from ``config.json`` (timm ``_hub._parse_model_cfg``):
+    the builder ``robustzoo.timm`` registers for the architecture, its arguments, and the input pipeline.
+
+    mean/std are 0/1 because the models normalise inside; the input size is the registry record's when
+    ``name`` is a registry name (timm would otherwise assume ImageNet's 224 x 224).
+    """
+    if config["arch"] == "ensemble":
+        return {}
+    from .registry import REGISTRY
+
+    c = config["in_chans"]
+    cfg: dict = {"num_classes": config["num_classes"], "mean": [0.0] * c, "std": [1.0] * c, "crop_pct": 1.0,
+                 "interpolation": "bilinear", "first_conv": "conv1", "classifier": "linear", "license": "mit"}
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.input_size[0] == c:
+        cfg["input_size"] = list(spec.input_size)
+    return {"architecture": f"robustzoo_{config['arch']}",
+            "model_args": {k: v for k, v in config.items() if k != "arch"}, "pretrained_cfg": cfg}

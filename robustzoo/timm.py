@@ -5,6 +5,7 @@ Each registry name becomes the timm model name ``robustzoo_<name with '-' -> '_'
     import timm, robustzoo.timm
     model = timm.create_model("robustzoo_rot_adv_r18_w16_fmnist", pretrained=True)   # embedded weights
     model = timm.create_model("robustzoo_rot_adv_r50", num_classes=10)               # architecture only
+    model = timm.create_model("hf-hub:ORG/REPO", pretrained=True)   # any weight pushed with robustzoo.push_to_hub
 
 Each model carries a timm ``pretrained_cfg`` with its real input size (1x28x28 for Fashion-MNIST,
 3x32x32 for CIFAR-10) and class count, so ``timm.data.resolve_data_config(model=model)`` describes
@@ -89,6 +90,42 @@ def _entrypoint(spec: WeightSpec) -> Callable[..., Any]:
     return create
 
 
+def _arch_entrypoint(arch: str) -> Callable[..., Any]:
+    """The builder ``timm.create_model("hf-hub:ORG/REPO")`` reaches through the ``architecture`` field that
+    :func:`robustzoo.save_pretrained` writes into ``config.json``; the weights still load through
+    :func:`robustzoo.load` (verified safetensors, strict), never through timm's own state-dict loading."""
+
+    def create(pretrained: bool = False, *, pretrained_cfg: dict | None = None, pretrained_cfg_overlay=None,
+               cache_dir: str | None = None, **model_args):
+        from . import hub
+        from .errors import NotPublishedError, WeightFormatError
+        from .models import create_model
+
+        cfg = {**(pretrained_cfg or {}), **(pretrained_cfg_overlay or {})}
+        model_args.pop("pretrained_model_args", None)  # timm's copy of config.json's model_args
+        if not pretrained:
+            model = create_model(arch, **model_args)
+        else:
+            source = f"hf-hub:{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else cfg.get("file")
+            if not source:
+                raise NotPublishedError(f"robustzoo_{arch} has no weights of its own: use "
+                                        "timm.create_model('hf-hub:ORG/REPO', pretrained=True) or a zoo name "
+                                        "(timm.list_pretrained('robustzoo_*'))")
+            model = hub.load(source, num_classes=model_args.pop("num_classes", None), cache_dir=cache_dir)
+            differ = sorted(k for k, v in model_args.items() if model.config.get(k) != v)
+            if differ:  # config.json and the verified weight file disagree: trust neither silently
+                raise WeightFormatError(f"{source}: config.json says {differ} differently from the weight file")
+        model.pretrained_cfg = {**cfg, "architecture": f"robustzoo_{arch}",
+                                "num_classes": getattr(model, "num_classes", 0)}
+        model.default_cfg = model.pretrained_cfg
+        return model
+
+    create.__name__ = create.__qualname__ = f"robustzoo_{arch}"
+    create.__module__ = __name__
+    create.__doc__ = f"robustzoo {arch} (inputs in [0, 1], normalisation inside); weights via hf-hub: configs"
+    return create
+
+
 def _register() -> None:
     module = sys.modules[__name__]
     for spec in REGISTRY.values():
@@ -98,6 +135,12 @@ def _register() -> None:
         setattr(module, name, fn)
         register_model(fn)
         registered.append(name)
+    for arch in ("resnet18", "resnet50v2"):  # the architectures, for timm's "hf-hub:" configs
+        name = f"robustzoo_{arch}"
+        default_cfgs[name] = {"num_classes": 0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+        fn = _arch_entrypoint(arch)
+        setattr(module, name, fn)
+        register_model(fn)
 
 
 _register()

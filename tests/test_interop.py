@@ -102,3 +102,31 @@ def test_timm_data_config_is_the_real_one_not_imagenet():
     assert bare.pretrained_cfg["num_classes"] == 7
     listed = timm.list_pretrained("robustzoo_*")
     assert "robustzoo_rot_adv_r18_w16_fmnist" in listed and "robustzoo_rot_adv_r50" not in listed
+
+
+def test_timm_hf_hub_config_builds_the_model_and_its_real_input_pipeline(hub_server, tmp_path):
+    """Issue 12 point 12: `timm.create_model("hf-hub:...")` reads the config.json that save_pretrained writes
+    (architecture, arguments, real input size and [0, 1] pipeline); the weights load through robustzoo.load."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    name = "at-baseline-r18-w16-fmnist"
+    robustzoo.save_pretrained(robustzoo.load(name), tmp_path / "w", name=name)
+    files = {f: (tmp_path / "w" / f).read_bytes() for f in ("model.safetensors", "config.json")}
+    hub_server.add_commit("someone/fmnist-at", files)
+    code = ("import json, timm, torch, robustzoo, robustzoo.timm\n"
+            "from timm.data import resolve_data_config\n"
+            "m = timm.create_model('hf-hub:someone/fmnist-at', pretrained=True)\n"
+            f"ref = robustzoo.load({name!r})\n"
+            "same = all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))\n"
+            "print(json.dumps({'same': same, 'cfg': resolve_data_config(model=m), 'classes': m.num_classes}))\n")
+    env = {**os.environ, "HF_ENDPOINT": hub_server.endpoint, "ROBUSTZOO_ENDPOINT": hub_server.endpoint,
+           "HF_HUB_CACHE": str(tmp_path / "hf"), "ROBUSTZOO_CACHE": str(tmp_path / "rz"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["same"] and got["classes"] == 10
+    assert got["cfg"]["input_size"] == [1, 28, 28] and got["cfg"]["mean"] == [0.0] and got["cfg"]["std"] == [1.0]
