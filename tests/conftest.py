@@ -82,3 +82,26 @@ def tiny_weights(tmp_path_factory) -> bytes:
     torch.manual_seed(0)
     model = create_model("resnet18", width=0.0625, num_classes=10)
     return save_pretrained(model, tmp_path_factory.mktemp("tiny"), name="tiny").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def fmnist_logistic():
+    """A logistic-regression classifier on the first 2,000 embedded Fashion-MNIST training images (real data),
+    trained the same way every time (seed 0, Adam, 150 full-batch steps); eval mode, no gradients left."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from robustzoo.fmnist import load_embedded
+
+    torch.manual_seed(0)
+    x, y = load_embedded("train")
+    x, y = x[:2000], y[:2000]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()

@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustzoo import aafast
@@ -25,18 +24,6 @@ def data():
     x, y = load_embedded("train")
     xt, yt = load_embedded("test")
     return x[:2000], y[:2000], xt[:48], yt[:48]
-
-
-def _linear(x, y, seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
 
 
 class Quantise(nn.Module):
@@ -81,9 +68,9 @@ def test_pass_counter_counts_forward_and_backward_images():
     assert c.counts() == {"forward": 7, "backward": 5, "passes": 12}
 
 
-def test_cascade_attacks_only_survivors_and_is_reproducible(data):
+def test_cascade_attacks_only_survivors_and_is_reproducible(data, fmnist_logistic):
     x, y, xt, yt = data
-    model = _linear(x, y)
+    model = fmnist_logistic
     a = aa_fast(model, xt, yt, eps=EPS, k=2, n_iter=20, batch_size=16)
     b = aa_fast(model, xt, yt, eps=EPS, k=2, n_iter=20, batch_size=16)
     assert torch.equal(a.robust, b.robust) and a.counts == b.counts  # fixed seeds
@@ -98,11 +85,11 @@ def test_cascade_attacks_only_survivors_and_is_reproducible(data):
     assert 0 < brk["apgd-ce"] and a.counts["backward"] > 0
 
 
-def test_masked_model_matches_autoattack_and_warns(data):
+def test_masked_model_matches_autoattack_and_warns(data, fmnist_logistic):
     """Standard AutoAttack breaks the quantised model with Square; aa-fast must not report more than
     ``aafast.TOLERANCE`` points more robustness, and must warn about the masked gradients."""
     x, y, xt, yt = data
-    model = nn.Sequential(Quantise(), *_linear(x, y)).eval()
+    model = nn.Sequential(Quantise(), *fmnist_logistic).eval()
     xt, yt = xt[:16], yt[:16]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -117,10 +104,10 @@ def test_masked_model_matches_autoattack_and_warns(data):
     assert counted["autoattack"]["passes"] > 0 and counted["aa-fast"]["passes"] == res.settings["aa-fast"]["passes"]
 
 
-def test_masked_model_would_look_robust_without_the_square_stage(data, monkeypatch):
+def test_masked_model_would_look_robust_without_the_square_stage(data, monkeypatch, fmnist_logistic):
     """The check above can fail: with the gradient-free stage switched off aa-fast overstates."""
     x, y, xt, yt = data
-    model = nn.Sequential(Quantise(), *_linear(x, y)).eval()
+    model = nn.Sequential(Quantise(), *fmnist_logistic).eval()
     monkeypatch.setattr(aafast, "_square", lambda m, xb, yb, **kw: torch.ones(len(xb), dtype=torch.bool))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,11 +116,11 @@ def test_masked_model_would_look_robust_without_the_square_stage(data, monkeypat
     assert torch.equal(res.robust, clean)
 
 
-def test_evaluate_reports_aa_fast_under_its_own_name(data, tmp_path):
+def test_evaluate_reports_aa_fast_under_its_own_name(data, tmp_path, fmnist_logistic):
     from robustzoo.cli import main
 
     x, y, xt, yt = data
-    res = evaluate(_linear(x, y), (xt[:16], yt[:16]), eps=EPS, attacks=("clean", "aa-fast"), progress=False)
+    res = evaluate(fmnist_logistic, (xt[:16], yt[:16]), eps=EPS, attacks=("clean", "aa-fast"), progress=False)
     got = res.settings["aa-fast"]
     assert set(res.accuracy) == {"clean", "aa-fast"} and "autoattack" not in res.accuracy
     assert got["robust_accuracy"] == pytest.approx(res.accuracy["aa-fast"]) and got["n"] == 16

@@ -19,22 +19,12 @@ EPS = 0.1  # Fashion-MNIST budget used by the project
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(fmnist_logistic):
     """A logistic-regression classifier trained on the embedded Fashion-MNIST subset (real data)."""
     from robustzoo.fmnist import load_embedded
 
-    torch.manual_seed(0)
-    x, y = load_embedded("train")
-    x, y = x[:2000], y[:2000]
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
     xt, yt = load_embedded("test")
-    return model.eval(), xt[:300], yt[:300]
+    return fmnist_logistic, xt[:300], yt[:300]
 
 
 def reference(model, x, y, *, eps, alpha, steps, seed, batch_size, loss="ce"):
