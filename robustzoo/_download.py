@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ._io import CHUNK as CHUNK
-from ._io import atomic_write, cause, file_sha256
+from ._io import atomic_write, cause, file_sha256, terminal
 from .errors import CacheError, ChecksumError, DownloadError, WeightFormatError
 
 __all__ = ["file_sha256", "git_blob_sha1", "fetch_url", "redact", "max_download_bytes", "lock_timeout", "cause",
@@ -202,7 +202,7 @@ def _attempt(session, url: str, label: str, part: Path, validator: Path, progres
             validator.write_text(now)
         with open(part, "ab" if have else "wb") as f, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=Path(urlsplit(url).path).name[:40],
-            disable=not progress
+            disable=not (progress and terminal())
         ) as bar:
             for chunk in r.iter_content(STREAM_CHUNK):
                 f.write(chunk)

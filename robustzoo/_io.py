@@ -1,9 +1,9 @@
 """Low-level file helpers shared by the loaders, the downloader and the checkpoint code.
 
-No torch, no huggingface_hub: ``import robustzoo`` stays light. Three things live here because
+No torch, no huggingface_hub: ``import robustzoo`` stays light. Four things live here because
 several modules need exactly the same behaviour: atomic replacement of a file, hashing that refuses
-anything but a regular file (a FIFO or ``/dev/zero`` would block or never end), and a one-line
-description of an exception chain for error messages.
+anything but a regular file (a FIFO or ``/dev/zero`` would block or never end), a one-line
+description of an exception chain for error messages, and whether a progress bar may draw (a terminal).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,11 @@ def cause(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
+def terminal() -> bool:
+    """Whether stderr (where tqdm draws) is a terminal: progress bars only there, never ``\\r`` spam in logs."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False

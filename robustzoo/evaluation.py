@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._io import terminal
 from .attacks import check_attack_args, cw_margin, model_mode, pgd
 from .data import load_data
 from .errors import DataError, RobustZooError
@@ -134,6 +135,7 @@ def _pgd_eval(model, x, y, clean, spec, *, eps, alpha, restarts, seed, batch_siz
     idx = clean.nonzero().squeeze(1)
     got = torch.zeros(len(x), dtype=torch.bool)
     done = 0
+    progress = progress and terminal()  # a bar on a terminal; nothing in logs (no \r lines)
     bar = tqdm(total=len(x), desc=spec["name"], disable=not progress, leave=False)
     bar.update(len(x) - len(idx))
     for ib in idx.split(batch_size):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._io import terminal
 from .attacks import pgd, trades_adv
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -262,10 +263,7 @@ def fit(run: Run) -> None:
 
 
 def _terminal() -> bool:
-    try:
-        return sys.stderr.isatty()  # where tqdm draws
-    except (AttributeError, ValueError):  # replaced or closed stream
-        return False
+    return terminal()  # a module-level name, so tests can pretend to be on a terminal
 
 
 def _summary(row: dict, select: str) -> str:

@@ -202,3 +202,11 @@ def test_autoattack_standard_is_at_most_pgd(trained):
     assert res.accuracy["autoattack"] <= res.accuracy["pgd20"] + 100 / 20
     assert "pyautoattack" in res.settings["versions"]
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_progress_draws_no_carriage_returns_into_logs(trained, capsys):
+    """Issue 12 point 7: a bar only on a terminal; captured output (a log) gets no `\\r` spam."""
+    model, x, y = trained
+    evaluate(model, (x[:64], y[:64]), eps=EPS, attacks=("clean", "pgd20"), progress=True)
+    out = capsys.readouterr()
+    assert "\r" not in out.err and "\r" not in out.out
