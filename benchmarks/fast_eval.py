@@ -35,6 +35,11 @@ JSON_OUT = ROOT / "benchmarks" / "fast_eval.json"
 FAST_OUT = ROOT / "benchmarks" / "aa-fast"
 
 
+
+EPILOG = ("Runtime: minutes for --tune and the held-out block (about 1 s per image per core), plus about 45 s per "
+          "image of the counted block, where AutoAttack really runs. Writes benchmarks/fast_eval.json (and "
+          "fast_eval_tune.json); --markdown prints the RESULTS.md text.")
+
 def committed_aa(name: str, sha: str) -> tuple[int, torch.Tensor]:
     """Per-image AutoAttack robustness over the contiguous committed chunks from image 0."""
     bits, n = "", 0
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from robustzoo.hub import load
     from robustzoo.registry import REGISTRY
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     ap.add_argument("--tune", action="store_true", help="all 9 targets on the tune block (chooses k)")
     ap.add_argument("--count-n", type=int, default=16, help="held-out images on which AutoAttack runs, counted")
     ap.add_argument("--tune-from", help="with --tune: a saved record of the same aa_fast(k=9) call (JSON)")

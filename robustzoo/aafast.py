@@ -149,7 +149,7 @@ def aa_fast(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k
             seed: int = DEFAULTS["seed"], batch_size: int = 256) -> AAFastResult:
     """The aa-fast cascade on ``(x, y)`` (inputs in [0, 1], Linf ``eps``); model in eval mode.
 
-    Warns (:class:`robustzoo.evaluation.EvaluationWarning`) when some images have no input gradient,
+    Warns (:class:`robustzoo.errors.EvaluationWarning`) when some images have no input gradient,
     which sends them to the gradient-free Square stage.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or n_iter < 1 or square_queries < 1:
@@ -187,7 +187,7 @@ def aa_fast(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, k
                                                          target=targets[ib, r].to(xb.device)),
                 robust, broken_by, x, y, batch_size, pick=~masked)
         if bool((robust & masked).any()):
-            from .evaluation import EvaluationWarning
+            from .errors import EvaluationWarning
 
             warnings.warn(f"aa-fast: {int((robust & masked).sum())} images have no input gradient (gradient "
                           "masking); they go to the gradient-free Square attack, and gradient-based figures "

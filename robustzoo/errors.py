@@ -20,6 +20,7 @@ __all__ = [
     "InvalidReferenceError",
     "CacheError",
     "CheckpointError",
+    "EvaluationWarning",
 ]
 
 
@@ -73,3 +74,7 @@ class CacheError(RobustZooError):
 
 class CheckpointError(RobustZooError):
     """A checkpoint that cannot be resumed (corrupted, edited, another run's) or a folder in use."""
+
+
+class EvaluationWarning(UserWarning):
+    """A sign that a robustness number may be wrong (probabilities as outputs, gradient masking...)."""

@@ -27,15 +27,11 @@ from tqdm.auto import tqdm
 from ._io import terminal
 from .attacks import check_attack_args, cw_margin, model_mode, pgd
 from .data import load_data
-from .errors import DataError, RobustZooError
+from .errors import DataError, EvaluationWarning, RobustZooError
 
 __all__ = ["EvalResult", "EvaluationWarning", "evaluate"]
 
 _PGD = re.compile(r"^pgd(\d+)(-cw|-ce)?$")
-
-
-class EvaluationWarning(UserWarning):
-    """A sign that a robustness number may be wrong (probabilities as outputs, gradient masking...)."""
 
 
 @dataclass
