@@ -6,7 +6,8 @@ Measures, on one model and one batch, in one process:
     steps in train mode + one SGD step) divided by one clean training step. With gradients taken
     w.r.t. the input only, an attack step costs ~2F (forward + input grad) and a training step ~3F
     (forward + input and weight grads), so the ideal ratio is (2K + 3) / 3 = 7.67 for K = 10
-    (``performance_notes.md`` section 2a); a naive attack that calls ``loss.backward()`` costs 34F/3F = 11.3.
+    (26F for PGD-10: 10 x (forward + input gradient) + clean and adversarial forward + backward);
+    a naive attack that calls ``loss.backward()`` costs 34F/3F = 11.3.
 (b) robustzoo ``pgd`` (PGD-10, Linf 8/255, step 2/255, eval mode) divided by ``torchattacks.PGD`` with
     the same settings on the same batch, both fp32 NCHW; then robustzoo's bf16 autocast +
     channels_last path beside it.

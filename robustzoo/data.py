@@ -2,7 +2,7 @@
 
 Every dataset this project uses (CIFAR-10/100, SVHN, STL-10, Fashion-MNIST) fits in memory, and
 in-memory tensors let fine-tuning crop, flip and batch on the device without a DataLoader (the
-airbench pattern; ``performance_notes.md`` section 3.5). All checks run here, *before* any training
+airbench pattern, KellerJordan/cifar10-airbench). All checks run here, *before* any training
 or attack starts: empty data, NaN/inf, pixels outside [0, 1] (e.g. 0-255 data), channel count
 versus the model, labels out of range for the head.
 """

@@ -12,7 +12,7 @@ def n_params(m):
 
 
 def test_resnet50v2_param_count_matches_spec():
-    # paper_spec.md 1.6: ResNet-50v2 with 10 classes has 23,516,874 parameters
+    # official resnetv2.py (TAMU-VITA/Adv-SS-Pretraining): ResNet-50v2 with 10 classes has 23,516,874 parameters
     assert n_params(create_model("resnet50v2", num_classes=10)) == 23_516_874
     assert n_params(create_model("resnet50v2", num_classes=4)) == 23_504_580
     assert n_params(create_model("resnet50v2", num_classes=31)) == 23_559_903

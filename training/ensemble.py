@@ -2,7 +2,7 @@
 shared trunk, with the gradient-diversity (log-det) penalty in both the attack and the training loss.
 
 Split from ``tasks.py`` because it is the one task that composes the others and needs
-second-order gradients (``paper_spec.md`` sections 1.4 and 3).
+second-order gradients (Chen et al., CVPR 2020, section 3.3; official ``pretraining/ensemble_pretrain.py``).
 """
 
 from __future__ import annotations

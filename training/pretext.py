@@ -8,7 +8,7 @@ vectorised on the batch's device with an explicit ``torch.Generator`` (no per-im
 (2) owns its head (the parameters that are not the shared ResNet backbone) and (3) owns its loss.
 Standard vs adversarial pretraining is not a task property but a recipe value: the adversarial
 inputs come from :func:`robustzoo.attacks.pgd` (PGD-10, eps 8/255, step 2/255, random start,
-train-mode attack) and the training loss is ``(clean + adversarial) / 2`` (``paper_spec.md`` 2.2-2.5).
+train-mode attack) and the training loss is ``(clean + adversarial) / 2`` (official ``pretraining/train_adv_*.py``).
 
 The backbone is always a :class:`robustzoo.models.ResNet`; tasks receive it as an argument so that
 it has exactly one owner (:class:`PretextModel`) and exports as a plain headless ResNet.

@@ -2,7 +2,8 @@
 
 Every registry name (``robustzoo.registry.REGISTRY``) has a recipe here with the same key, plus
 Fashion-MNIST recipes for the tiny CPU zoo (``*-r18-w16-fmnist``). The numbers follow the official
-code (``paper_spec.md`` 2.6 and 4.2; README command-line overrides win over script defaults, since
+code (``pretraining/train_*.py`` and ``finetune/main.py`` of TAMU-VITA/Adv-SS-Pretraining;
+its README command-line overrides win over script defaults, since
 those are the runs the authors describe):
 
 ============== ====== ===== ==== ==== ================== ============================
