@@ -27,11 +27,14 @@ block) from whatever cells exist; MODEL_CARD.md renders its block from ``mini_re
     nice -n 19 python benchmarks/mini_repro.py work --worker 1 &
     python benchmarks/mini_repro.py status
     python benchmarks/mini_repro.py merge [--update-results]   # then: python -m robustzoo.card --write MODEL_CARD.md
+    python benchmarks/mini_repro.py cell ft-rot-adv-p0-s0-n2000 --out runs/repro   # one cell (and its deps)
+    python benchmarks/mini_repro.py release      # seed-0 backbones and classifiers -> embedded zoo entries
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
@@ -174,19 +177,28 @@ def ft_key(arm: str, seed: int, plan: Plan) -> str:
 
 
 def all_cells(plan: Plan) -> list[Cell]:
-    """Every cell of the plan, in the order the workers take them (long poles and seed-major pairs first)."""
-    cells = []
-    for pseed in plan.pt_seeds:
-        for arm in ("rot-adv", "jig-adv", "rot-std", "ens-adv") if pseed == plan.pt_seeds[0] else \
-                ("rot-adv", "jig-adv", "ens-adv"):
-            cells.append(Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed))
-    for seed in plan.ft_seeds:
+    """Every cell of the plan, in the order the workers take them: the first pretraining seed's backbones,
+    then the first fine-tuning seed (whose classifiers become zoo entries, so they exist early), then
+    the other pretraining seeds, then the remaining fine-tuning seeds, then AutoAttack."""
+    def pretrain_cells(pseed: int) -> list[Cell]:
+        arms = ("rot-adv", "jig-adv", "rot-std", "ens-adv") if pseed == plan.pt_seeds[0] else \
+            ("rot-adv", "jig-adv", "ens-adv")
+        return [Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed) for arm in arms]
+
+    def seed_cells(seed: int) -> list[Cell]:
+        row = []
         for arm in FT_ARMS:
             p = plan.pretrain_seed(seed, arm)
-            cells.append(Cell(ft_key(arm, seed, plan), "finetune", arm, seed, p,
-                              deps=() if p is None else (pt_key(arm, p),)))
-        cells.append(Cell(f"ens-ft-s{seed}-n{plan.labels}", "ensemble", "ens-ft", seed,
-                          deps=tuple(ft_key(a, seed, plan) for a in ENSEMBLE_MEMBERS)))
+            row.append(Cell(ft_key(arm, seed, plan), "finetune", arm, seed, p,
+                            deps=() if p is None else (pt_key(arm, p),)))
+        return row + [Cell(f"ens-ft-s{seed}-n{plan.labels}", "ensemble", "ens-ft", seed,
+                           deps=tuple(ft_key(a, seed, plan) for a in ENSEMBLE_MEMBERS))]
+
+    cells = pretrain_cells(plan.pt_seeds[0]) + seed_cells(plan.ft_seeds[0])
+    for pseed in plan.pt_seeds[1:]:
+        cells += pretrain_cells(pseed)
+    for seed in plan.ft_seeds[1:]:
+        cells += seed_cells(seed)
     seed0 = plan.ft_seeds[0]
     for arm in (*FT_ARMS, "ens-ft"):
         dep = f"ens-ft-s{seed0}-n{plan.labels}" if arm == "ens-ft" else ft_key(arm, seed0, plan)
@@ -204,6 +216,49 @@ def run_cell(cell: Cell, plan: Plan, out: Path) -> dict:
 
     fn = {"finetune": run_finetune, "ensemble": run_ensemble, "aa": run_aa}[cell.kind]
     return fn(cell, plan, out)
+
+
+def execute(cell: Cell, plan: Plan, out: Path, worker: int) -> bool:
+    """Run one cell and write its file atomically; a cell that raises goes to ``errors/<key>.txt``."""
+    path = out / "cells" / f"{cell.key}.json"
+    print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
+    t0, c0 = time.time(), time.process_time()
+    try:
+        rec = run_cell(cell, plan, out)
+    except Exception as e:  # one broken cell must not stop the queue: record it, go on
+        (out / "errors").mkdir(exist_ok=True)
+        (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
+        print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
+        return False
+    rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
+               cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
+    write_json(path, rec)
+    print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} ({time.time() - t0:.0f}s)", flush=True)
+    return True
+
+
+def run_one(plan: Plan, out: Path, key: str) -> None:
+    """Reproduce one cell (``cell KEY``), running first whatever cells it depends on that ``out`` lacks."""
+    cells = {c.key: c for c in all_cells(plan)}
+    if key not in cells:
+        close = difflib.get_close_matches(key, list(cells), n=3)
+        raise SystemExit(f"error: no cell {key!r} in the plan{'; did you mean ' + ', '.join(close) if close else ''}"
+                         " (`python benchmarks/mini_repro.py status` lists them)")
+    for dep in cells[key].deps:
+        run_one(plan, out, dep)
+    from filelock import FileLock, Timeout
+
+    if (out / "cells" / f"{key}.json").exists():
+        return
+    for sub in ("cells", "locks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(out / "locks" / f"{key}.lock"), timeout=0):
+            ok = execute(cells[key], plan, out, 0)
+    except Timeout:
+        raise SystemExit(f"error: a worker is running cell {key} in {out}; wait for it") from None
+    if not ok:
+        raise SystemExit(f"error: cell {key} failed: {(out / 'errors' / f'{key}.txt').read_text().strip()}")
 
 
 def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, kinds: tuple = (),
@@ -234,22 +289,8 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
             except Timeout:
                 continue
             try:
-                if path.exists():
+                if path.exists() or not execute(cell, plan, out, worker):
                     continue
-                print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
-                t0, c0 = time.time(), time.process_time()
-                try:
-                    rec = run_cell(cell, plan, out)
-                except Exception as e:  # one broken cell must not stop the queue: record it, go on
-                    (out / "errors").mkdir(exist_ok=True)
-                    (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
-                    print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
-                    continue
-                rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
-                           cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
-                write_json(path, rec)
-                print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} "
-                      f"({time.time() - t0:.0f}s)", flush=True)
             finally:
                 lock.release()
             done += 1
@@ -296,7 +337,7 @@ def status(plan: Plan, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("work", "status", "merge", "rates"):
+    for name in ("work", "status", "merge", "rates", "cell", "release"):
         p = sub.add_parser(name)
         p.add_argument("--out", default=str(OUT), help="cells folder (default benchmarks/repro)")
         p.add_argument("--smoke", action="store_true", help="the tiny plan of the test suite")
@@ -306,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--max-cells", type=int, default=None)
     w.add_argument("--wait", type=float, default=0, help="poll every N seconds while cells are blocked")
     w.add_argument("--kinds", nargs="*", default=[], choices=["pretrain", "finetune", "ensemble", "aa"])
+    sub.choices["cell"].add_argument("key", help="a cell of the plan, e.g. ft-rot-adv-p0-s0-n2000 (see status)")
+    r = sub.choices["release"]
+    r.add_argument("--registry", default=None, help="registry file to write (default: the package's)")
+    r.add_argument("--dry-run", action="store_true", help="stage and print the registry diffs; write nothing")
     m = sub.choices["merge"]
     m.add_argument("--json", default=str(ROOT / "benchmarks" / "mini_repro.json"))
     m.add_argument("--update-results", action="store_true",
@@ -319,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[worker {args.worker}] ran {n} cells; nothing left that it can take now", flush=True)
     elif args.cmd == "status":
         print("\n".join(status(plan, out)))
+    elif args.cmd == "cell":
+        run_one(plan, out, args.key)
+    elif args.cmd == "release":
+        from mini_release import release_zoo
+
+        release_zoo(plan, out, registry=args.registry, dry_run=args.dry_run)
     elif args.cmd == "rates":
         from mini_cells import measure_rates
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "RobustZooError",
     "UnknownModelError",
+    "RetiredModelError",
     "NotPublishedError",
     "WeightFormatError",
     "ChecksumError",
@@ -33,6 +34,10 @@ class UnknownModelError(RobustZooError, KeyError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class RetiredModelError(UnknownModelError):
+    """A name that was released once and has been replaced; the message names its successor."""
 
 
 class NotPublishedError(RobustZooError):

@@ -17,6 +17,10 @@ how, where and when); ``paper_metrics`` hold numbers reported by the paper (with
 The two are never mixed. An entry whose ``sha256`` is ``None`` is not published yet:
 :func:`robustzoo.load` says so and how to reproduce it.
 
+Names that were released once and then replaced are kept in ``zoo/retired.json`` (next to the
+registry file, written by the same release step): asking for one raises
+:class:`~robustzoo.errors.RetiredModelError` naming its successor, instead of "unknown model".
+
 ``ROBUSTZOO_REGISTRY=/path/to/registry.json`` replaces the packaged file (read once, at import): a
 release can be tried out from a copy before it is committed.
 """
@@ -32,10 +36,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 
-from .errors import RobustZooError, UnknownModelError
+from .errors import RetiredModelError, RobustZooError, UnknownModelError
 
 __all__ = ["WeightSpec", "REGISTRY", "list_models", "model_info", "HUB_ORG", "ARCH_TAGS", "TASK_TAGS",
-           "REGISTRY_FILE", "REGISTRY_ENV", "registry_path", "read_records", "dump_records", "ZOO_DIR"]
+           "REGISTRY_FILE", "REGISTRY_ENV", "registry_path", "read_records", "dump_records", "ZOO_DIR", "RETIRED",
+           "read_retired", "dump_retired", "spec_from_record"]
 
 HUB_ORG = "robustzoo"
 # The short names used inside weight names (and recipe names, which are the same), defined once.
@@ -98,7 +103,7 @@ def registry_path() -> Path:
     return Path(env).expanduser() if env else REGISTRY_FILE
 
 
-def _spec(rec: object, where: str) -> WeightSpec:
+def spec_from_record(rec: object, where: str) -> WeightSpec:
     if not isinstance(rec, dict):
         raise RobustZooError(f"{where}: a registry record must be a JSON object, got {type(rec).__name__}")
     name = rec.get("name", "?")
@@ -121,7 +126,7 @@ def read_records(path: str | os.PathLike | None = None) -> dict[str, WeightSpec]
         raise RobustZooError(f"{path}: the registry must be a JSON list of records")
     table: dict[str, WeightSpec] = {}
     for rec in raw:
-        spec = _spec(rec, str(path))
+        spec = spec_from_record(rec, str(path))
         if spec.name in table:
             raise RobustZooError(f"{path}: duplicate registry name {spec.name!r}")
         table[spec.name] = spec
@@ -135,8 +140,31 @@ def dump_records(specs: Mapping[str, WeightSpec] | list[WeightSpec]) -> str:
                       ensure_ascii=False) + "\n"
 
 
+_RETIRED_KEYS = {"successor", "date", "why"}
+
+
+def read_retired(registry: str | os.PathLike | None = None) -> dict[str, dict]:
+    """``{old name: {successor, date, why}}`` from ``retired.json`` next to ``registry`` (absent file: none)."""
+    path = (Path(registry) if registry is not None else registry_path()).parent / "retired.json"
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RobustZooError(f"cannot read {path}: {e}; reinstall robustzoo") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and set(v) == _RETIRED_KEYS for v in raw.values()):
+        raise RobustZooError(f"{path}: expected {{name: {{{', '.join(sorted(_RETIRED_KEYS))}}}}}")
+    return raw
+
+
+def dump_retired(retired: Mapping[str, Mapping]) -> str:
+    """The text of ``retired.json`` (sorted by name, stable layout)."""
+    return json.dumps({k: dict(retired[k]) for k in sorted(retired)}, indent=1, ensure_ascii=False) + "\n"
+
+
 _LOADED_FROM = registry_path()
 REGISTRY: Mapping[str, WeightSpec] = MappingProxyType(read_records(_LOADED_FROM))
+RETIRED: Mapping[str, Mapping] = MappingProxyType(read_retired(_LOADED_FROM))
 ZOO_DIR = _LOADED_FROM.parent  # embedded weights live next to the registry file they are recorded in
 
 
@@ -144,7 +172,14 @@ def model_info(name: str) -> WeightSpec:
     """The registry record for ``name``; unknown names raise with the closest suggestions."""
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    spec = REGISTRY.get(name) or REGISTRY.get(name.strip().lower().replace("_", "-"))
+    key = name.strip().lower().replace("_", "-")
+    spec = REGISTRY.get(name) or REGISTRY.get(key)
+    if spec is None and key in RETIRED:
+        old = RETIRED[key]
+        raise RetiredModelError(
+            f"{key!r} was retired on {old['date']}: {old['why']} Its successor is {old['successor']!r}: "
+            f"robustzoo.load({old['successor']!r}) (`robustzoo info {old['successor']}` shows how it differs)."
+        )
     if spec is None:
         close = difflib.get_close_matches(name.lower().replace("_", "-"), list(REGISTRY), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""

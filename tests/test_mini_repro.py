@@ -162,3 +162,56 @@ def test_a_failing_cell_is_recorded_and_skipped(tmp_path, monkeypatch):
     assert calls == ["ft-scratch-s0-n64"]  # the other cells wait on pretraining; nothing else to take
     assert "disk full" in (tmp_path / "errors" / "ft-scratch-s0-n64.txt").read_text()
     assert any("ft-scratch-s0-n64" in r and "FAILED" in r for r in mini_repro.status(mini_repro.SMOKE, tmp_path))
+
+
+def test_the_w8_recipes_are_the_pretraining_of_the_reproduction(tmp_path):
+    """``training/reproduce.py {arm}-r18-w8-fmnist`` reruns exactly the pretraining cell of seed 0."""
+    from training.recipes import RECIPES, resolve
+
+    for arm, base in mini_repro.PT_RECIPE.items():
+        ran = resolve(base, mini_repro.pretrain_overrides(mini_repro.Plan(), arm, 0, tmp_path))
+        assert replace(RECIPES[f"{base}-w8-fmnist"], name=base, out_dir=str(tmp_path), progress=False) == ran
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs the dataset-fashion-mnist package")
+def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch):
+    """``cell KEY`` runs a fine-tuning cell and the pretraining it needs; ``release`` turns both into
+    embedded entries of a registry copy (the backbone retiring its -w16- name), idempotently; a fresh
+    process loads the classifier offline and measures the registry's clean accuracy on its file."""
+    import shutil
+    import subprocess
+
+    from mini_release import release_zoo
+
+    from robustzoo.registry import REGISTRY_FILE, read_records
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out, reg = tmp_path / "repro", tmp_path / "zoo" / "registry.json"
+    mini_repro.run_one(mini_repro.SMOKE, out, "ft-rot-adv-p0-s0-n64")
+    assert {p.name for p in (out / "cells").iterdir()} == {"pt-rot-adv-p0.json", "ft-rot-adv-p0-s0-n64.json"}
+    reg.parent.mkdir()
+    old = "rot-adv-r18-w16-fmnist"  # the name the smoke backbone retires, staged from any embedded record
+    records = [r for r in json.loads(REGISTRY_FILE.read_text()) if r["name"] != old]
+    donor = next(r for r in records if r["embedded"])
+    shutil.copyfile(REGISTRY_FILE.parent / donor["filename"], reg.parent / f"{old}.safetensors")
+    reg.write_text(json.dumps([*records, {**donor, "name": old, "filename": f"{old}.safetensors"}]))
+    released = release_zoo(mini_repro.SMOKE, out, registry=str(reg))
+    assert released == ["rot-adv-r18-w4-fmnist", "rot-adv-aft-r18-w4-fmnist"]
+    specs = read_records(reg)
+    aft = specs["rot-adv-aft-r18-w4-fmnist"]
+    assert aft.parents == ("rot-adv-r18-w4-fmnist",) and specs["rot-adv-r18-w4-fmnist"].embedded
+    assert old not in specs and not (reg.parent / f"{old}.safetensors").exists()
+    assert json.loads((reg.parent / "retired.json").read_text())[old]["successor"] == "rot-adv-r18-w4-fmnist"
+    assert aft.reproduce == "python benchmarks/mini_repro.py cell ft-rot-adv-p0-s0-n64 --out runs/repro"
+    before = reg.read_text()
+    release_zoo(mini_repro.SMOKE, out, registry=str(reg))
+    assert reg.read_text() == before
+    code = ("import json, robustzoo; from robustzoo.fmnist import load_fashion_mnist; "
+            "m = robustzoo.load('rot-adv-aft-r18-w4-fmnist'); x, y = load_fashion_mnist('test'); "
+            "r = robustzoo.evaluate(m, (x[:64], y[:64]), attacks=('clean',), progress=False); "
+            "print(json.dumps(r.accuracy['clean']))")
+    env = {**__import__("os").environ, "ROBUSTZOO_REGISTRY": str(reg), "ROBUSTZOO_OFFLINE": "1"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout) == aft.metrics["clean"]

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import sys
 
 import pytest
 
@@ -33,10 +34,12 @@ def test_every_paper_weight_is_registered():
     assert not missing, missing
 
 
-NAME = re.compile(r"(?:(?P<task>rot|jig|selfie|ens)-(?P<mode>std|adv)|at-baseline|(?P<ft>rot|jig|selfie|ens)-adv-aft"
-                  r"|ens3-aft)-(?P<arch>r18|r50)(?P<zoo>-w16-fmnist)?")
+NAME = re.compile(r"(?:(?P<task>rot|jig|selfie|ens)-(?P<mode>std|adv)|at-baseline"
+                  r"|(?P<ft>rot|jig|selfie|ens)-(?:std|adv)-aft|ens3-aft)-(?P<arch>r18|r50)(?P<zoo>-w(?P<stem>8|16)-fmnist)?")
 HEX40, HEX64 = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")
 RECORDS = json.loads(REGISTRY_FILE.read_text())
+sys.path.insert(0, str(REGISTRY_FILE.parents[2] / "benchmarks"))
+MINI_CELLS = {c.key for c in __import__("mini_repro").all_cells(__import__("mini_repro").Plan())}
 
 
 def test_the_registry_is_one_literal_data_file():
@@ -60,7 +63,7 @@ def test_record(rec):
     assert (rec["num_classes"] == 0) == (rec["kind"] == "backbone")
     assert rec["dataset"] == ("fashion-mnist" if m["zoo"] else "cifar10")
     assert rec["input_size"] == ([1, 28, 28] if m["zoo"] else [3, 32, 32])
-    assert rec["width"] == (0.25 if m["zoo"] else 1.0)
+    assert rec["width"] == (int(m["stem"]) / 64 if m["zoo"] else 1.0)  # the name states the stem width
     if rec["training"] == "adv" and rec["kind"] == "backbone":
         assert rec["pretrain_attack"]
     # the threat model and fine-tuning defaults of the weight's dataset, pixel units
@@ -68,9 +71,12 @@ def test_record(rec):
     assert rec["attack"]["eps"] == pytest.approx(0.1 if m["zoo"] else 8 / 255)
     assert {"mode", "eps", "step", "steps", "epochs"} <= set(rec["finetune_defaults"])
     # recipe and reproduce command
-    assert rec["recipe"] == name and name in RECIPES, f"no recipe named {name} in training/recipes.py"
-    assert rec["reproduce"].startswith(f"python training/reproduce.py {name}")
-    assert list(RECIPES[name].parents) == rec["parents"] or rec["embedded"]
+    if rec["reproduce"].startswith("python benchmarks/mini_repro.py cell "):  # a cell of the mini-reproduction
+        assert rec["reproduce"].split()[4] == rec["recipe"] in MINI_CELLS and rec["embedded"]
+    else:
+        assert rec["recipe"] == name and name in RECIPES, f"no recipe named {name} in training/recipes.py"
+        assert rec["reproduce"].startswith(f"python training/reproduce.py {name}")
+        assert list(RECIPES[name].parents) == rec["parents"] or rec["embedded"]
     for parent in rec["parents"]:
         assert parent in REGISTRY
     # hex formats; published iff (revision and sha256) or (embedded and sha256)

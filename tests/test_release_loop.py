@@ -122,6 +122,45 @@ def test_embed_ships_the_file_next_to_the_registry_and_a_fresh_process_loads_it_
     assert Path(got["path"]) == shipped and got["best_epoch"] == 1
 
 
+RETIRE_LOAD = """
+import sys, robustzoo
+from robustzoo.errors import RetiredModelError
+try:
+    robustzoo.load(sys.argv[1], progress=False)
+except RetiredModelError as e:
+    print(e)
+"""
+
+
+def test_a_new_name_is_released_from_its_record_json_and_retires_the_old_embedded_one(run_dir, tmp_path):
+    """record.json adds a name the registry lacks; --retire drops the old record and its file, and asking
+    for the old name in a fresh process names the successor."""
+    staged, old, new_name = _registry_copy(tmp_path), "rot-adv-r18-w16-fmnist", "at-baseline-r18-v2"
+    shutil.copyfile(REGISTRY_FILE.parent / f"{old}.safetensors", staged.parent / f"{old}.safetensors")
+    stage = tmp_path / "stage"
+    shutil.copytree(run_dir, stage)
+    desc = {k: v for k, v in read_records(staged)[NAME].to_record().items()
+            if k not in ("repo_id", "filename", "revision", "sha256", "embedded", "metrics", "provenance")}
+    (stage / "record.json").write_text(json.dumps({**desc, "name": new_name, "description": "a new weight"}))
+    with pytest.raises(SystemExit, match="needs --why"):
+        publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old])
+    assert staged.read_bytes() == REGISTRY_FILE.read_bytes()
+    publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old,
+                  "--why", "it was pretrained on 5,000 images only."])
+    specs = read_records(staged)
+    assert new_name in specs and old not in specs and specs[new_name].description == "a new weight"
+    assert specs[new_name].embedded and (staged.parent / f"{new_name}.safetensors").is_file()
+    assert not (staged.parent / f"{old}.safetensors").exists()
+    assert json.loads((staged.parent / "retired.json").read_text())[old]["successor"] == new_name
+    msg = _run(["-c", RETIRE_LOAD, old], env={"ROBUSTZOO_REGISTRY": str(staged)}).stdout
+    assert f"Its successor is '{new_name}'" in msg and "5,000 images only" in msg
+    publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old])
+    assert read_records(staged) == specs  # released again: nothing changes, the old name stays retired
+    (stage / "record.json").write_text(json.dumps({**desc, "name": new_name, "sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="leave repo_id"):
+        publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name])
+
+
 def test_publish_refuses_metrics_of_another_file_and_writes_nothing(run_dir, tmp_path):
     staged = _registry_copy(tmp_path)
     other = tmp_path / "zoo_metrics.json"

@@ -6,7 +6,11 @@
     python training/publish.py at-baseline-r18-w16-fmnist --refresh-metrics --metrics benchmarks/zoo_metrics.json
 
 RUN_DIR is a run folder written by ``training/reproduce.py`` (``model.safetensors``, ``metrics.json``,
-``provenance.json``). The weight is loaded strictly first. Then:
+``provenance.json``) or staged by ``benchmarks/mini_repro.py release``, which adds ``record.json``: the
+descriptive fields of a record (name, arch, kind, task, ..., description) for a name the registry does
+not hold yet, or new wording for one it does. ``--retire OLD`` drops the record ``OLD`` (and its
+embedded file) and notes in ``zoo/retired.json`` that this weight succeeds it, so that
+``robustzoo.load(OLD)`` says what to load instead. The weight is loaded strictly first. Then:
 
 * with ``--repo-id``: ``model.safetensors`` is uploaded byte for byte with its ``config.json`` and a
   model card (measured metrics, provenance) in one Hub commit;
@@ -31,12 +35,22 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo._download import file_sha256  # noqa: E402
 from robustzoo.errors import RobustZooError  # noqa: E402
-from robustzoo.registry import REGISTRY_FILE, WeightSpec, dump_records, read_records, registry_path  # noqa: E402
+from robustzoo.registry import (  # noqa: E402
+    REGISTRY_FILE,
+    WeightSpec,
+    dump_records,
+    dump_retired,
+    read_records,
+    read_retired,
+    registry_path,
+    spec_from_record,
+)
 from robustzoo.weights import atomic_write, load_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,22 +121,60 @@ def _copy_into(src: Path, dest: Path) -> None:
     atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
+_PINNED = ("repo_id", "filename", "revision", "sha256", "embedded", "metrics", "provenance")
+
+
+def staged_spec(run_dir: Path, name: str, specs: dict) -> WeightSpec:
+    """The record to pin: the registry's, with the descriptive fields of ``run_dir/record.json`` if present."""
+    path = run_dir / "record.json"
+    if not path.is_file():
+        if name not in specs:
+            raise RobustZooError(f"{name!r} has no record in the registry and {run_dir} has no record.json; a weight "
+                                 "is released under a registry name (robustzoo list) or with its record.json")
+        return specs[name]
+    desc = _read_json(path)
+    if desc.get("name") != name or set(desc) & set(_PINNED):
+        raise RobustZooError(f"{path} must describe {name!r} and leave {', '.join(_PINNED)} to the release step")
+    empty = {"repo_id": None, "filename": "model.safetensors", "revision": None, "sha256": None, "embedded": False,
+             "metrics": {}, "provenance": {}}
+    return spec_from_record({**empty, **desc}, str(path))
+
+
+def retire(specs: dict, retired: dict, old_names: list[str], successor: str, why: str, zoo: Path,
+           dry_run: bool) -> list[Path]:
+    """Drop ``old_names`` from ``specs`` and record ``successor`` for them; returns the embedded files to delete."""
+    files = []
+    for old in old_names:
+        if old == successor:
+            raise RobustZooError(f"{old} cannot succeed itself")
+        if old not in specs:
+            if retired.get(old, {}).get("successor") == successor:
+                continue  # released before: nothing left to do
+            raise RobustZooError(f"--retire {old}: no such record in the registry")
+        if not why:
+            raise RobustZooError("--retire needs --why: the sentence users read when they ask for the old name")
+        if specs.pop(old).embedded:
+            files.append(zoo / f"{old}.safetensors")
+        retired[old] = {"successor": successor, "date": time.strftime("%Y-%m-%d", time.gmtime()), "why": why}
+    return files
+
+
 def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, name: str = "",
             metrics_file: Path | None = None, endpoint: str | None = None, token: str | None = None,
-            dry_run: bool = False) -> tuple[WeightSpec, str]:
+            dry_run: bool = False, retire_names: tuple[str, ...] = (), why: str = "") -> tuple[WeightSpec, str]:
     """Publish ``run_dir`` and rewrite its registry record; returns the new record and the registry diff."""
     weights = run_dir / "model.safetensors"
     model = load_file(weights)  # strict: a file that does not load is never published
     name = name or model.pretrained_meta.get("name") or run_dir.name
     specs = read_records(registry)
-    if name not in specs:
-        raise RobustZooError(f"{name!r} has no record in {registry}; a weight is released under a registry name "
-                             "(robustzoo list) whose recipe reproduced it")
+    before = dump_records(specs)
+    spec = staged_spec(run_dir, name, specs)
     sha = file_sha256(weights)
     metrics = run_metrics(run_dir, name, sha, metrics_file)
     prov = run_provenance(run_dir, metrics)
-    spec = specs[name]
     _check_release(registry, spec, model.config, metrics, run_dir)
+    retired = read_retired(registry)
+    stale = retire(specs, retired, list(retire_names), name, why, registry.parent, dry_run)
     revision = None
     if not embed and not dry_run:
         from robustzoo._publish import card_metrics, publish_file
@@ -138,17 +190,22 @@ def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, 
                         revision=revision, embedded=embed)
     if embed and not dry_run:
         _copy_into(weights, registry.parent / new.filename)
-    return new, _write(registry, specs, name, new, dry_run)
+    specs[name] = new
+    diff = _write(registry, before, specs, dry_run, retired=retired if retire_names else None)
+    if not dry_run:
+        for f in stale:
+            f.unlink(missing_ok=True)  # after the registry no longer points at it
+    return new, diff
 
 
-def _write(registry: Path, specs: dict, name: str, new: WeightSpec, dry_run: bool) -> str:
-    """Put ``new`` in place of ``specs[name]``, write the registry (and MODEL_CARD.md for the package's own) and
-    return the diff."""
-    before, specs[name] = dump_records(specs), new
+def _write(registry: Path, before: str, specs: dict, dry_run: bool, retired: dict | None = None) -> str:
+    """Write ``specs`` (and ``retired``) to the registry (and MODEL_CARD.md for the package's own); return the diff."""
     after = dump_records(specs)
     diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{registry.name}",
                                         f"b/{registry.name}"))
     if not dry_run:
+        if retired is not None:
+            atomic_write(registry.parent / "retired.json", lambda tmp: Path(tmp).write_text(dump_retired(retired)))
         atomic_write(registry, lambda tmp: Path(tmp).write_text(after))
         if registry.resolve() == REGISTRY_FILE:
             from robustzoo.card import update_model_card
@@ -174,7 +231,9 @@ def refresh_metrics(name: str, *, registry: Path, metrics_file: Path | None,
     if missing:
         raise RobustZooError(f"measured metrics must say how, where and when; missing {sorted(missing)}")
     new = dataclasses.replace(spec, metrics=metrics)
-    return new, _write(registry, specs, name, new, dry_run)
+    before = dump_records(specs)
+    specs[name] = new
+    return new, _write(registry, before, specs, dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="take the measured figures from this {name: {sha256, metrics}} file (benchmarks/)")
     p.add_argument("--endpoint", default=None, help="Hub URL (default ROBUSTZOO_ENDPOINT / HF_ENDPOINT)")
     p.add_argument("--token", default=os.environ.get("HF_TOKEN"), help="Hub token (default $HF_TOKEN)")
+    p.add_argument("--retire", action="append", default=[], metavar="OLD",
+                   help="drop the record OLD (and its embedded file): this weight succeeds it (repeatable)")
+    p.add_argument("--why", default="", help="with --retire: the sentence users read when they ask for OLD")
     p.add_argument("--dry-run", action="store_true", help="print the registry diff; upload and write nothing")
     args = p.parse_args(argv)
     try:
@@ -203,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             new, diff = release(args.dir, repo_id=args.repo_id, embed=args.embed,
                                 registry=args.registry or registry_path(), name=args.name, metrics_file=args.metrics,
-                                endpoint=args.endpoint, token=args.token, dry_run=args.dry_run)
+                                endpoint=args.endpoint, token=args.token, dry_run=args.dry_run,
+                                retire_names=tuple(args.retire), why=args.why)
     except RobustZooError as e:
         raise SystemExit(f"error: {e}") from None
     print(diff or "# the registry already holds this record", end="")

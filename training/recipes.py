@@ -1,7 +1,8 @@
 """Training recipes: one frozen :class:`Recipe` per registry name, defaults = the paper's settings.
 
 Every registry name (``robustzoo.registry.REGISTRY``) has a recipe here with the same key, plus
-Fashion-MNIST recipes for the tiny CPU zoo (``*-r18-w16-fmnist``). The numbers follow the official
+Fashion-MNIST recipes for the tiny CPU zoo (``*-r18-w16-fmnist``, and ``*-r18-w8-fmnist``: the
+backbones of the mini-reproduction). The numbers follow the official
 code (``pretraining/train_*.py`` and ``finetune/main.py`` of TAMU-VITA/Adv-SS-Pretraining;
 its README command-line overrides win over script defaults, since
 those are the runs the authors describe):
@@ -87,6 +88,7 @@ def _build() -> dict[str, Recipe]:
             out[f"at-baseline-{arch}"], name=f"ens3-aft-{arch}", kind="ensemble", task="ensemble", finetune="",
             parents=tuple(f"{t}-adv-aft-{arch}" for t in ("rot", "jig", "selfie")))
     out.update(_fmnist(out))
+    out.update(_fmnist_w8(out))
     return out
 
 
@@ -109,6 +111,29 @@ def _fmnist(cifar: dict[str, Recipe]) -> dict[str, Recipe]:
         if base.kind == "ensemble":
             extra["parents"] = tuple(f"{p}-w16-fmnist" for p in base.parents)
         out[new] = replace(base, name=new, **common, **extra)
+    return out
+
+
+def _fmnist_w8(cifar: dict[str, Recipe]) -> dict[str, Recipe]:
+    """The embedded backbones of the mini-reproduction (``benchmarks/mini_repro.py``, pretraining seed 0).
+
+    ResNet-18 at width 0.125 (8 stem channels) on the whole unlabeled Fashion-MNIST training set
+    (60,000 images, labels unused, 2 % held out for the pretext curve and model selection), 12 passes;
+    the ensemble (rotation + jigsaw + selfie on a shared trunk, joint PGD, log-det penalty; the paper's
+    Sec. 3.3) on a 10,000-image pool for 8 passes, since it costs ~7x more per image. One optimiser for
+    every task (SGD 0.1, wd 3e-4, warm-up 0.01->0.1 over 200 iterations or one pass, cosine to 1e-6),
+    so the arms differ only in the task; PGD-3 (eps 0.1, step 0.04), as the CPU allows.
+    ``benchmarks/mini_repro.py`` resolves the same values (a test checks that they agree).
+    """
+    common = dict(width=0.125, in_chans=1, dataset="fashion-mnist", eps=0.1, alpha=0.04, attack_steps=3,
+                  val_fraction=0.02, crop_pad=2, batch_size=128, lr=0.1, weight_decay=3e-4, nesterov=False,
+                  final_lr=1e-6, warmup_from=0.01, warmup_to=0.1, seed=0, test_n=1000, val_attack_steps=10,
+                  selfie_layers=4, selfie_heads=4)
+    out = {}
+    for name in ("rot-std-r18", "rot-adv-r18", "jig-adv-r18", "ens-adv-r18"):
+        ens = name.startswith("ens-")
+        size = dict(subset=10000, epochs=8, warmup_iters=76) if ens else dict(subset=0, epochs=12, warmup_iters=200)
+        out[f"{name}-w8-fmnist"] = replace(cifar[name], name=f"{name}-w8-fmnist", **common, **size)
     return out
 
 

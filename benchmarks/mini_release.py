@@ -1,0 +1,158 @@
+"""The release step of ``mini_repro.py``: its seed-0 backbones and classifiers become embedded zoo entries.
+
+``python benchmarks/mini_repro.py release`` stages one folder per entry under
+``benchmarks/repro/release/<name>/`` (the cell's weight file byte for byte, ``metrics.json`` with
+the numbers the cells measured on that file, ``provenance.json``, ``record.json``) and hands each
+to ``training/publish.py`` (``release(..., embed=True)``), the only writer of the registry. A
+backbone pretrained on the 60,000-image pool retires the ``-w16-`` entry of the same task (pretrained
+on 5,000 images), whose name then raises an error naming its successor. Entries whose cells are not
+finished are skipped and listed; running the step again after more cells finish (e.g. AutoAttack)
+refreshes their figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mini_lib import EPS, ROOT
+from mini_stats import aa_records
+
+from training.recipes import RECIPES
+
+
+def why(plan) -> str:
+    """What users read when they ask for a retired ``-w16-`` backbone."""
+    return ("it was pretrained on the first 5,000 Fashion-MNIST training images for 2-3 epochs at width 0.25; "
+            f"its successor was pretrained on {(plan.pool or 60000):,} (labels unused) for {plan.pt_passes} passes "
+            f"at width {plan.width} (benchmarks/mini_repro.py).")
+
+
+EVAL_ATTACK = "linf pgd-20 step 0.025 random-start eval-mode, CE"
+
+
+def zoo_entries(plan) -> dict[str, dict]:
+    """Registry name -> the cell it is made from, what it is, and the ``-w16-`` name it retires."""
+    from mini_repro import FT_ARMS, ft_key, pt_key
+
+    w, seed, p = f"w{round(64 * plan.width)}", plan.ft_seeds[0], plan.pt_seeds[0]
+    out = {}
+    for arm in ("rot-std", "rot-adv", "jig-adv", "ens-adv"):
+        out[f"{arm}-r18-{w}-fmnist"] = {"cell": pt_key(arm, p), "arm": arm, "kind": "backbone",
+                                        "retires": f"{arm}-r18-w16-fmnist" if arm != "ens-adv" else None}
+    for arm in FT_ARMS:
+        name = "at-baseline" if arm == "scratch" else f"{arm}-aft"
+        out[f"{name}-r18-{w}-fmnist"] = {"cell": ft_key(arm, seed, plan), "arm": arm, "kind": "classifier",
+                                         "parent": None if arm == "scratch" else f"{arm}-r18-{w}-fmnist",
+                                         "retires": None}
+    return out
+
+
+def record(name: str, entry: dict, plan) -> dict:
+    """The descriptive fields of the registry record (the release step adds file, hash, metrics, provenance)."""
+    task = {"rot": "rotation", "jig": "jigsaw", "ens": "ensemble"}.get(entry["arm"].split("-")[0], "none")
+    adv_pt = entry["arm"].endswith("-adv")
+    pool = (plan.ens_pool if entry["arm"] == "ens-adv" else plan.pool) or 60000
+    ft = (f"Madry linf pgd-{plan.steps} eps={EPS} step={plan.alpha} random-start train-mode, {plan.ft_epochs} epochs, "
+          f"cosine lr {plan.ft_lr}, batch {plan.ft_batch}")
+    rec = {"name": name, "arch": "resnet18", "kind": entry["kind"], "task": task, "dataset": "fashion-mnist",
+           "input_size": [1, 28, 28], "width": plan.width, "paper_metrics": {},
+           "attack": {"norm": "linf", "eps": EPS, "step": 0.025, "steps": 20},
+           "finetune_defaults": {"mode": "adv-full", "eps": EPS, "step": plan.alpha, "steps": plan.steps,
+                                 "epochs": plan.ft_epochs, "lr": plan.ft_lr, "batch_size": plan.ft_batch}}
+    by_cell = f"python benchmarks/mini_repro.py cell {entry['cell']} --out runs/repro"
+    if entry["kind"] == "backbone":
+        pretext = "ensemble of rotation, jigsaw and selfie (shared trunk, joint PGD, log-det penalty)" \
+            if task == "ensemble" else f"{task} pretext"
+        return {**rec, "training": "adv" if adv_pt else "std", "num_classes": 0,
+                "pretrain_attack": f"linf pgd-{plan.steps} eps={EPS} step={plan.alpha} random-start train-mode"
+                if adv_pt else None, "finetune": None, "parents": [],
+                "recipe": name if name in RECIPES else entry["cell"],
+                "reproduce": f"python training/reproduce.py {name}" if name in RECIPES else by_cell,
+                "description": f"{pretext}, {'PGD-3 adversarial' if adv_pt else 'standard'} pretraining on "
+                               f"{pool:,} Fashion-MNIST training images (labels unused), "
+                               f"{plan.ens_passes if task == 'ensemble' else plan.pt_passes} passes; headless "
+                               "backbone (benchmarks/mini_repro.py, pretraining seed 0)"}
+    start = "from scratch" if entry["parent"] is None else f"from {entry['parent']}"
+    return {**rec, "training": "adv", "num_classes": 10, "pretrain_attack": None,
+            "finetune": f"adv-full {start} ({ft})", "parents": [entry["parent"]] if entry["parent"] else [],
+            "recipe": entry["cell"], "reproduce": by_cell,
+            "description": f"adversarial full fine-tuning {start} on {plan.labels:,} labeled Fashion-MNIST training "
+                           f"images (seed {plan.ft_seeds[0]}; best epoch on {plan.val_labels} more): the "
+                           f"{entry['arm']} arm of benchmarks/mini_repro.py"}
+
+
+def metrics(cell: dict, aa_cells: list[dict], plan) -> dict:
+    """The figures the cells measured on this very file, with how, where and when."""
+    base = {"machine": cell["machine"], "date": cell["date"], "eps": EPS, "cell": cell["key"],
+            "code_commit": cell["commit"]}
+    if cell["kind"] == "pretrain":
+        out = {k.replace("test_", "pretext_", 1): round(100 * v, 2) for k, v in cell["test"].items()
+               if isinstance(v, (int, float))}
+        return {**out, **base, "pool": cell["pool"], "passes": cell["passes"], "pretext_n": plan.pt_test_n,
+                "cpu_hours": round(cell["cpu_seconds_total"] / 3600, 2),
+                "how": f"benchmarks/mini_repro.py cell {cell['key']}: pretext accuracy (clean, and under the "
+                       f"training attack when adversarial) on the first {plan.pt_test_n} test images, once, after "
+                       "model selection on the held-out part of the pool"}
+    out = {"clean": cell["clean"], "pgd20": cell["pgd20"], "n": cell["test_n"], "pgd20_n": cell["test_n"],
+           "attack": EVAL_ATTACK, "best_epoch": cell["best_epoch"], "n_train": plan.labels,
+           "test_set": "Fashion-MNIST test set: the first n / pgd20_n / autoattack_n images",
+           "how": f"benchmarks/mini_repro.py cell {cell['key']}: robustzoo.evaluate (eval mode, PGD-20 starts "
+                  f"seeded by the fine-tuning seed) on all {cell['test_n']:,} test images; AutoAttack (standard, "
+                  "Linf) on the first autoattack_n test images in chunk cells aa-*"}
+    aa = [a for a in aa_records(aa_cells) if a["n"] >= plan.aa_n > 0] if aa_cells else []
+    if aa:
+        out.update(autoattack=aa[0]["autoattack"], autoattack_n=aa[0]["n"],
+                   clean_on_autoattack_subset=round(100 * aa[0]["clean"] / aa[0]["n"], 2),
+                   autoattack_ci95=[aa[0]["wilson_low"], aa[0]["wilson_high"]],
+                   autoattack_date=max(c["date"] for c in aa_cells))
+    return {**out, **base}
+
+
+def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
+    """The run folder ``training/publish.py`` takes; None while the entry's cells are not finished."""
+    cell_file = out / "cells" / f"{entry['cell']}.json"
+    if not cell_file.exists():
+        return None
+    cell = json.loads(cell_file.read_text())
+    weights = Path(cell.get("backbone") or out / cell["model"])
+    weights = weights if weights.is_absolute() else (ROOT / weights if cell["kind"] == "pretrain" else weights)
+    aa_cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
+    folder = dest / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, folder / "model.safetensors")
+    m = metrics(cell, aa_cells, plan)
+    prov = {"code_commit": cell["commit"], "cell": cell["key"], "recipe": cell["recipe"],
+            "overrides": cell.get("overrides", {}), "machine": cell["machine"], "date": cell["date"],
+            "command": record(name, entry, plan)["reproduce"],
+            "data": f"Fashion-MNIST training set: {cell['pool']:,} images, labels unused" if cell["kind"] == "pretrain"
+            else f"Fashion-MNIST training set: {plan.labels:,} labeled images drawn by seed {cell['seed']}"}
+    for fname, value in (("metrics.json", m), ("provenance.json", prov), ("record.json", record(name, entry, plan))):
+        (folder / fname).write_text(json.dumps(value, indent=1) + "\n")
+    return folder
+
+
+def release_zoo(plan, out: Path, *, registry: str | None = None, dry_run: bool = False) -> list[str]:
+    """Stage and release every finished entry (backbones first: classifiers name them as parents)."""
+    from robustzoo.errors import RobustZooError
+    from robustzoo.registry import registry_path
+    from training.publish import release
+
+    reg = Path(registry) if registry else registry_path()
+    done, waiting = [], []
+    for name, entry in zoo_entries(plan).items():
+        folder = stage(name, entry, plan, out, out / "release")
+        if folder is None:
+            waiting.append(f"{name} (cell {entry['cell']})")
+            continue
+        try:
+            _, diff = release(folder, repo_id=None, embed=True, registry=reg, name=name, dry_run=dry_run,
+                              retire_names=(entry["retires"],) if entry["retires"] else (), why=why(plan))
+        except RobustZooError as e:
+            raise SystemExit(f"error: releasing {name}: {e}") from None
+        print(diff or f"# {name}: the registry already holds this record", end="")
+        done.append(name)
+    print(f"# released {len(done)}: {', '.join(done) or '-'}")
+    print(f"# waiting for cells: {', '.join(waiting) or '-'}")
+    return done
