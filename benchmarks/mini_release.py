@@ -83,19 +83,36 @@ def record(name: str, entry: dict, plan) -> dict:
                            f"{entry['arm']} arm of benchmarks/mini_repro.py"}
 
 
-def metrics(cell: dict, aa_cells: list[dict], plan) -> dict:
-    """The figures the cells measured on this very file, with how, where and when."""
+def versus_scratch(arm: str, plan, out: Path) -> dict | None:
+    """The reproduction's paired comparison ``arm - scratch`` (PGD-20, fine-tuning seeds) as far as cells exist."""
+    from mini_report import build
+
+    res = build(plan, out)
+    comp = next((c for c in res["comparisons"] if c["comparison"] == f"{arm} - scratch"), None)
+    if comp is None or comp["ci_low"] is None:
+        return None
+    keep = ("comparison", "metric", "n_pairs", "diff_mean", "ci_low", "ci_high", "verdict", "interval")
+    setting = (f"adv-full fine-tuning on {plan.labels:,} labels for {plan.ft_epochs} epochs at width "
+               f"{round(64 * plan.width)}, PGD-20 on {plan.test_n:,} test images; benchmarks/mini_repro.py")
+    return {**{k: comp[k] for k in keep}, "partial": res["partial"], "setting": setting, "merged": res["merged"]}
+
+
+def metrics(cell: dict, aa_cells: list[dict], plan, out: Path) -> dict:
+    """The figures the cells measured on this very file, with how, where and when (for a backbone, also the
+    reproduction's paired interval for fine-tuning from it vs from scratch)."""
     base = {"machine": cell["machine"], "date": cell["date"], "eps": EPS, "cell": cell["key"],
             "code_commit": cell["commit"]}
     if cell["kind"] == "pretrain":
-        out = {k.replace("test_", "pretext_", 1): round(100 * v, 2) for k, v in cell["test"].items()
-               if isinstance(v, (int, float))}
-        return {**out, **base, "pool": cell["pool"], "passes": cell["passes"], "pretext_n": plan.pt_test_n,
+        pretext = {k.replace("test_", "pretext_", 1): round(100 * v, 2) for k, v in cell["test"].items()
+                   if isinstance(v, (int, float))}
+        rep = versus_scratch(cell["arm"], plan, out)
+        return {**pretext, **base, **({"repro_vs_scratch": rep} if rep else {}), "pool": cell["pool"],
+                "passes": cell["passes"], "pretext_n": plan.pt_test_n,
                 "cpu_hours": round(cell["cpu_seconds_total"] / 3600, 2),
                 "how": f"benchmarks/mini_repro.py cell {cell['key']}: pretext accuracy (clean, and under the "
                        f"training attack when adversarial) on the first {plan.pt_test_n} test images, once, after "
                        "model selection on the held-out part of the pool"}
-    out = {"clean": cell["clean"], "pgd20": cell["pgd20"], "n": cell["test_n"], "pgd20_n": cell["test_n"],
+    got = {"clean": cell["clean"], "pgd20": cell["pgd20"], "n": cell["test_n"], "pgd20_n": cell["test_n"],
            "attack": EVAL_ATTACK, "best_epoch": cell["best_epoch"], "n_train": plan.labels,
            "test_set": "Fashion-MNIST test set: the first n / pgd20_n / autoattack_n images",
            "how": f"benchmarks/mini_repro.py cell {cell['key']}: robustzoo.evaluate (eval mode, PGD-20 starts "
@@ -103,11 +120,11 @@ def metrics(cell: dict, aa_cells: list[dict], plan) -> dict:
                   "Linf) on the first autoattack_n test images in chunk cells aa-*"}
     aa = [a for a in aa_records(aa_cells) if a["n"] >= plan.aa_n > 0] if aa_cells else []
     if aa:
-        out.update(autoattack=aa[0]["autoattack"], autoattack_n=aa[0]["n"],
+        got.update(autoattack=aa[0]["autoattack"], autoattack_n=aa[0]["n"],
                    clean_on_autoattack_subset=round(100 * aa[0]["clean"] / aa[0]["n"], 2),
                    autoattack_ci95=[aa[0]["wilson_low"], aa[0]["wilson_high"]],
                    autoattack_date=max(c["date"] for c in aa_cells))
-    return {**out, **base}
+    return {**got, **base}
 
 
 def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
@@ -122,7 +139,7 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     folder = dest / name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / "model.safetensors")
-    m = metrics(cell, aa_cells, plan)
+    m = metrics(cell, aa_cells, plan, out)
     prov = {"code_commit": cell["commit"], "cell": cell["key"], "recipe": cell["recipe"],
             "overrides": cell.get("overrides", {}), "machine": cell["machine"], "date": cell["date"],
             "command": record(name, entry, plan)["reproduce"],

@@ -119,6 +119,7 @@ def comparisons(records: list[dict]) -> list[dict]:
     for a in ("rot-adv", "jig-adv", "ens-adv"):
         out.append(_compare(f"{a} - scratch", "1: adversarial pretraining raises robust accuracy", pair(a, "scratch"),
                             "pgd20"))
+    out.append(_compare("rot-std - scratch", "1 (control): standard pretraining", pair("rot-std", "scratch"), "pgd20"))
     out.append(_compare("rot-adv - rot-std", "1 (control): the adversarial part of pretraining", pair("rot-adv",
                         "rot-std"), "pgd20"))
     for a in ("rot-adv", "jig-adv", "ens-adv"):

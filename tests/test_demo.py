@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from robustzoo.demo import BACKBONE
 from robustzoo.registry import REGISTRY
 
-pytestmark = pytest.mark.skipif("rot-adv-r18-w16-fmnist" not in REGISTRY,
-                                reason="embedded zoo not built yet (python benchmarks/train_zoo.py)")
+pytestmark = pytest.mark.skipif(BACKBONE not in REGISTRY, reason="the demo's embedded backbone is not released")
 
 
 def test_demo_quick_via_cli(tmp_path, monkeypatch, capsys):
@@ -19,7 +19,8 @@ def test_demo_quick_via_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "demo_results.md").read_text()
-    assert "rot-adv-r18-w16-fmnist (adv. pretrained)" in table and "from scratch" in table
+    assert f"{BACKBONE} (adv. pretrained)" in table and "from scratch" in table
+    assert "That is one run (one seed)" in table
     assert "| start from | clean acc. (%) | PGD-20 acc. (%)" in table
     assert (tmp_path / "demo_robust_acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = json.loads((tmp_path / "demo_results.json").read_text())
@@ -37,6 +38,34 @@ def test_demo_bad_backbone(tmp_path):
 
     with pytest.raises(RobustZooError):
         run_demo(quick=True, out_dir=tmp_path, progress=False, backbone="at-baseline-r18-w16-fmnist")
+
+
+def test_the_single_run_is_shown_beside_the_reproductions_interval(monkeypatch):
+    """The demo's difference is one seed: it quotes the paired-seed interval the release step recorded."""
+    import dataclasses
+
+    from robustzoo import demo, registry
+
+    spec = registry.REGISTRY[BACKBONE]
+    rep = {"comparison": "rot-adv - scratch", "n_pairs": 8, "diff_mean": 1.234, "ci_low": -0.5, "ci_high": 2.9,
+           "verdict": "inconclusive", "partial": False, "setting": "2,000 labels, 15 epochs, 10,000 test images"}
+    with_rep = dataclasses.replace(spec, metrics={**spec.metrics, "repro_vs_scratch": rep})
+    table = {**registry.REGISTRY, BACKBONE: with_rep}
+    monkeypatch.setattr(registry, "REGISTRY", table)
+    line = demo.evidence_line(BACKBONE)
+    assert "Over 8 paired seeds the difference is +1.23 [-0.50, +2.90] PGD-20 points" in line
+    assert "spans 0" in line and "2,000 labels" in line
+    monkeypatch.setattr(registry, "REGISTRY", {**table, BACKBONE: dataclasses.replace(spec, metrics={})})
+    assert "no multi-seed interval is recorded" in demo.evidence_line(BACKBONE)
+
+
+def test_the_plot_has_whole_epoch_ticks(tmp_path):
+    from robustzoo.demo import _plot
+
+    arms = [{"arm": a, "history": [{"epoch": e, "val_robust": 40.0 + e + i} for e in (1, 2, 3)]} for i, a in
+            enumerate(("pretrained", "scratch"))]
+    ticks = _plot(arms, tmp_path / "p.png", "t")
+    assert ticks and all(t == int(t) for t in ticks)
 
 
 def test_demo_is_reproducible_whatever_ran_before(tmp_path, monkeypatch):

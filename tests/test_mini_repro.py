@@ -215,3 +215,14 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads(got.stdout) == aft.metrics["clean"]
+
+
+def test_backbones_carry_the_reproductions_interval_versus_scratch(tmp_path):
+    """What the demo quotes: the paired comparison arm - scratch, recomputed from the cells at release time."""
+    from mini_release import versus_scratch
+
+    _write_synthetic(tmp_path)
+    rep = versus_scratch("rot-adv", PLAN, tmp_path)
+    assert rep["n_pairs"] == 6 and rep["verdict"] == "holds" and rep["ci_low"] > 0 and not rep["partial"]
+    assert "benchmarks/mini_repro.py" in rep["setting"]
+    assert versus_scratch("rot-adv", PLAN, tmp_path / "nothing") is None
