@@ -94,7 +94,7 @@ def versus_scratch(arm: str, plan, out: Path) -> dict | None:
     keep = ("comparison", "metric", "n_pairs", "diff_mean", "ci_low", "ci_high", "verdict", "interval")
     setting = (f"adv-full fine-tuning on {plan.labels:,} labels for {plan.ft_epochs} epochs at width "
                f"{round(64 * plan.width)}, PGD-20 on {plan.test_n:,} test images; benchmarks/mini_repro.py")
-    return {**{k: comp[k] for k in keep}, "partial": res["partial"], "setting": setting, "merged": res["merged"]}
+    return {**{k: comp[k] for k in keep}, "partial": res["partial"], "setting": setting}
 
 
 def metrics(cell: dict, aa_cells: list[dict], plan, out: Path) -> dict:

@@ -156,6 +156,9 @@ def test_a_new_name_is_released_from_its_record_json_and_retires_the_old_embedde
     assert f"Its successor is '{new_name}'" in msg and "5,000 images only" in msg
     publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old])
     assert read_records(staged) == specs  # released again: nothing changes, the old name stays retired
+    (stage / "record.json").write_text(json.dumps({**desc, "name": old}))
+    with pytest.raises(SystemExit, match="was retired"):  # a retired name is never reused
+        publish.main([str(stage), "--embed", "--registry", str(staged), "--name", old])
     (stage / "record.json").write_text(json.dumps({**desc, "name": new_name, "sha256": "0" * 64}))
     with pytest.raises(SystemExit, match="leave repo_id"):
         publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name])

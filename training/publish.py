@@ -140,8 +140,7 @@ def staged_spec(run_dir: Path, name: str, specs: dict) -> WeightSpec:
     return spec_from_record({**empty, **desc}, str(path))
 
 
-def retire(specs: dict, retired: dict, old_names: list[str], successor: str, why: str, zoo: Path,
-           dry_run: bool) -> list[Path]:
+def retire(specs: dict, retired: dict, old_names: list[str], successor: str, why: str, zoo: Path) -> list[Path]:
     """Drop ``old_names`` from ``specs`` and record ``successor`` for them; returns the embedded files to delete."""
     files = []
     for old in old_names:
@@ -174,7 +173,9 @@ def release(run_dir: Path, *, repo_id: str | None, embed: bool, registry: Path, 
     prov = run_provenance(run_dir, metrics)
     _check_release(registry, spec, model.config, metrics, run_dir)
     retired = read_retired(registry)
-    stale = retire(specs, retired, list(retire_names), name, why, registry.parent, dry_run)
+    if name in retired:  # a retired name keeps meaning "use the successor": it is never reused
+        raise RobustZooError(f"{name!r} was retired (successor {retired[name]['successor']!r}); use a new name")
+    stale = retire(specs, retired, list(retire_names), name, why, registry.parent)
     revision = None
     if not embed and not dry_run:
         from robustzoo._publish import card_metrics, publish_file
