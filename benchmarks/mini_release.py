@@ -25,8 +25,8 @@ from training.recipes import RECIPES
 def why(plan) -> str:
     """What users read when they ask for a retired ``-w16-`` backbone."""
     return ("it was pretrained on the first 5,000 Fashion-MNIST training images for 2-3 epochs at width 0.25; "
-            f"its successor was pretrained on {(plan.pool or 60000):,} (labels unused) for {plan.pt_passes} passes "
-            f"at width {plan.width} (benchmarks/mini_repro.py).")
+            f"its successor was pretrained on {'all ' if not plan.pool else ''}{(plan.pool or 60000):,} training "
+            f"images (labels unused) for {plan.pt_passes} passes at width {plan.width} (benchmarks/mini_repro.py).")
 
 
 EVAL_ATTACK = "linf pgd-20 step 0.025 random-start eval-mode, CE"
@@ -168,7 +168,7 @@ def release_zoo(plan, out: Path, *, registry: str | None = None, dry_run: bool =
                               retire_names=(entry["retires"],) if entry["retires"] else (), why=why(plan))
         except RobustZooError as e:
             raise SystemExit(f"error: releasing {name}: {e}") from None
-        print(diff or f"# {name}: the registry already holds this record", end="")
+        print(diff or f"# {name}: the registry already holds this record\n", end="")
         done.append(name)
     print(f"# released {len(done)}: {', '.join(done) or '-'}")
     print(f"# waiting for cells: {', '.join(waiting) or '-'}")

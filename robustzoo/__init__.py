@@ -4,7 +4,7 @@ Quick use::
 
     import robustzoo
     robustzoo.list_models("*-adv-*")
-    model = robustzoo.load("rot-adv-r18-w16-fmnist")      # embedded, works offline
+    model = robustzoo.load("rot-adv-r18-w8-fmnist")       # embedded, works offline
     result = model.finetune(data, mode="adv-full", epochs=5)
     robustzoo.evaluate(result.model, test_data, attacks=("clean", "pgd20"))
 

@@ -34,7 +34,7 @@ from .errors import DataError
 
 __all__ = ["run_demo", "main", "DEFAULTS", "QUICK"]
 
-BACKBONE = "rot-adv-r18-w16-fmnist"
+BACKBONE = "rot-adv-r18-w8-fmnist"
 EPS = 0.1  # Fashion-MNIST Linf budget in pixel units (the common choice; step eps/4 as 2/255 vs 8/255)
 # Full demo: sized to fit a few minutes on 2 CPU cores (two arms, PGD-3 training).
 DEFAULTS = {"n_train": 2500, "n_test": 1000, "epochs": 3, "steps": 3, "alpha": 0.04, "batch_size": 128,

@@ -123,7 +123,7 @@ def _not_published(spec: registry.WeightSpec) -> str:
     """What works now instead (the Fashion-MNIST stand-in), and how to reproduce the real weight."""
     fm = [n for n in registry.REGISTRY if n.endswith("-fmnist") and registry.REGISTRY[n].published]
     same = [n for n in fm if n.startswith(spec.name.split("-")[0] + "-adv") and registry.REGISTRY[n].kind == spec.kind]
-    stand_in = (same or [n for n in fm if registry.REGISTRY[n].kind == spec.kind] or ["rot-adv-r18-w16-fmnist"])[0]
+    stand_in = (same or [n for n in fm if registry.REGISTRY[n].kind == spec.kind] or ["rot-adv-r18-w8-fmnist"])[0]
     head = " (a headless backbone: pass num_classes=10 to .finetune())" \
         if registry.REGISTRY[stand_in].kind == "backbone" else ""
     return (f"{spec.name}: the {spec.dataset} weight file is not published yet. Works now, offline: "

@@ -6,9 +6,10 @@ Names are ``{task}-{std|adv}-{arch}`` for pretext backbones (Chen et al., CVPR 2
 ``{task}-adv-aft-{arch}`` for adversarially fine-tuned classifiers (``finetune/main.py``) and
 ``ens3-aft-{arch}`` for the softmax ensemble of the three fine-tuned models
 (``finetune/model_ensemble.py``). ``ARCH_TAGS`` and ``TASK_TAGS`` spell the short names; recipes
-(``training/recipes.py``) are keyed by the same names. Entries with a ``-w16-fmnist`` suffix
-are the tiny zoo this project trained itself on CPU (Fashion-MNIST, width 0.25), shipped inside the
-package.
+(``training/recipes.py``) are keyed by the same names. Entries with a ``-w8-fmnist`` / ``-w16-fmnist`` suffix
+are the tiny zoo this project trained itself on CPU (Fashion-MNIST, width 0.125 / 0.25: 8 / 16 stem
+channels), shipped inside the package; ``{task}-std-aft`` is a classifier fine-tuned from a
+standard-pretrained backbone.
 
 Every record is written out literally in the data file; nothing here generates entries. Only the
 release step (``training/publish.py``) writes that file: it pins the Hub commit and the file's
@@ -177,7 +178,7 @@ def model_info(name: str) -> WeightSpec:
     if spec is None and key in RETIRED:
         old = RETIRED[key]
         raise RetiredModelError(
-            f"{key!r} was retired on {old['date']}: {old['why']} Its successor is {old['successor']!r}: "
+            f"{key!r} was retired on {old['date']}: {old['why']} Load {old['successor']!r} instead: "
             f"robustzoo.load({old['successor']!r}) (`robustzoo info {old['successor']}` shows how it differs)."
         )
     if spec is None:

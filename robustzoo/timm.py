@@ -3,7 +3,7 @@
 Each registry name becomes the timm model name ``robustzoo_<name with '-' -> '_'>``::
 
     import timm, robustzoo.timm
-    model = timm.create_model("robustzoo_rot_adv_r18_w16_fmnist", pretrained=True)   # embedded weights
+    model = timm.create_model("robustzoo_rot_adv_r18_w8_fmnist", pretrained=True)   # embedded weights
     model = timm.create_model("robustzoo_rot_adv_r50", num_classes=10)               # architecture only
     model = timm.create_model("hf-hub:ORG/REPO", pretrained=True)   # any weight pushed with robustzoo.push_to_hub
 

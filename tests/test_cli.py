@@ -138,7 +138,12 @@ def test_list_fits_100_columns_with_wide_and_json():
     r = rz("list")
     assert r.returncode == 0 and max(len(line) for line in r.stdout.splitlines()) <= 100
     assert "clean / PGD-20 (%)" in r.stdout and "70.68 / 58.30" in r.stdout  # measured, printed as measured
-    assert "probe 75.30 / 5.72" in r.stdout and "paper 85.66 / 50.05" in r.stdout
+    assert "paper 85.66 / 50.05" in r.stdout
+    from robustzoo.cli import _headline
+
+    for spec in REGISTRY.values():  # backbones: linear probe or the reproduction's aft-scratch interval, if any
+        if spec.kind == "backbone" and spec.embedded and _headline(spec) != "-":
+            assert f"{spec.name} " in r.stdout and _headline(spec) in r.stdout
     assert "paper" in rz("list", "--wide").stdout.splitlines()[0]
     records = json.loads(rz("list", "--json").stdout)
     assert {r["name"] for r in records} == set(REGISTRY)
@@ -146,13 +151,13 @@ def test_list_fits_100_columns_with_wide_and_json():
 
 
 def test_eval_of_a_headless_backbone_says_how_to_finetune_it_first():
-    line = one_line_error(rz("eval", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "32"))
-    assert "headless backbone" in line and "robustzoo finetune rot-adv-r18-w16-fmnist --data fmnist-mini" in line
+    line = one_line_error(rz("eval", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "32"))
+    assert "headless backbone" in line and "robustzoo finetune rot-adv-r18-w8-fmnist --data fmnist-mini" in line
 
 
 def test_unpublished_weight_names_the_stand_in_the_command_and_the_project():
     line = one_line_error(rz("download", "rot-adv-r18"))
-    for part in ("rot-adv-r18-w16-fmnist", "num_classes=10", "python training/reproduce.py rot-adv-r18", "H100",
+    for part in ("rot-adv-r18-w8-fmnist", "num_classes=10", "python training/reproduce.py rot-adv-r18", "H100",
                  "CPU", "https://"):
         assert part in line, part
 
@@ -224,11 +229,11 @@ def test_help_shows_every_default_and_they_match_the_library():
 
 
 def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_path):
-    r = rz("finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "1", "--steps",
+    r = rz("finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "1", "--steps",
            "1", "--eval-steps", "1", "--no-progress", "--out", str(tmp_path / "ft"))
     assert r.returncode == 0, r.stderr
     plan = r.stdout.splitlines()[0]
-    for part in ("rot-adv-r18-w16-fmnist", "96 fmnist-mini images", "mode adv-full", "eps 0.1 ", "step 0.025",
+    for part in ("rot-adv-r18-w8-fmnist", "96 fmnist-mini images", "mode adv-full", "eps 0.1 ", "step 0.04",
                  "1 epoch,", "device cpu", "estimated"):
         assert part in plan, part
     assert "best epoch 1" in r.stdout
@@ -238,7 +243,7 @@ def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_pat
 
 
 def test_resume_without_a_checkpoint_refuses_when_not_interactive(tmp_path):
-    line = one_line_error(rz("finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "64",
+    line = one_line_error(rz("finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "64",
                              "--resume", "--out", str(tmp_path / "none"), stdin=subprocess.DEVNULL))
     assert "no checkpoint" in line and "without --resume" in line
 
@@ -250,7 +255,7 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path):
     import time
 
     out = tmp_path / "ft"
-    argv = ["finetune", "rot-adv-r18-w16-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "3", "--steps",
+    argv = ["finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "3", "--steps",
             "1", "--eval-steps", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "robustzoo", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -101,7 +101,7 @@ def test_timm_data_config_is_the_real_one_not_imagenet():
     assert resolve_data_config({}, model=bare)["input_size"] == (3, 32, 32)
     assert bare.pretrained_cfg["num_classes"] == 7
     listed = timm.list_pretrained("robustzoo_*")
-    assert "robustzoo_rot_adv_r18_w16_fmnist" in listed and "robustzoo_rot_adv_r50" not in listed
+    assert "robustzoo_rot_adv_r18_w8_fmnist" in listed and "robustzoo_rot_adv_r50" not in listed
 
 
 def test_timm_hf_hub_config_builds_the_model_and_its_real_input_pipeline(hub_server, tmp_path):

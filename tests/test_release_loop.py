@@ -135,16 +135,20 @@ except RetiredModelError as e:
 def test_a_new_name_is_released_from_its_record_json_and_retires_the_old_embedded_one(run_dir, tmp_path):
     """record.json adds a name the registry lacks; --retire drops the old record and its file, and asking
     for the old name in a fresh process names the successor."""
-    staged, old, new_name = _registry_copy(tmp_path), "rot-adv-r18-w16-fmnist", "at-baseline-r18-v2"
-    shutil.copyfile(REGISTRY_FILE.parent / f"{old}.safetensors", staged.parent / f"{old}.safetensors")
+    staged, old, new_name = _registry_copy(tmp_path), "old-embedded-r18", "at-baseline-r18-v2"
+    records = json.loads(staged.read_text())
+    donor = next(r for r in records if r["embedded"])  # an embedded record, staged under the old name
+    shutil.copyfile(REGISTRY_FILE.parent / donor["filename"], staged.parent / f"{old}.safetensors")
+    staged.write_text(json.dumps([*records, {**donor, "name": old, "filename": f"{old}.safetensors"}]))
     stage = tmp_path / "stage"
     shutil.copytree(run_dir, stage)
     desc = {k: v for k, v in read_records(staged)[NAME].to_record().items()
             if k not in ("repo_id", "filename", "revision", "sha256", "embedded", "metrics", "provenance")}
     (stage / "record.json").write_text(json.dumps({**desc, "name": new_name, "description": "a new weight"}))
+    before = staged.read_bytes()
     with pytest.raises(SystemExit, match="needs --why"):
         publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old])
-    assert staged.read_bytes() == REGISTRY_FILE.read_bytes()
+    assert staged.read_bytes() == before
     publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old,
                   "--why", "it was pretrained on 5,000 images only."])
     specs = read_records(staged)
@@ -153,7 +157,7 @@ def test_a_new_name_is_released_from_its_record_json_and_retires_the_old_embedde
     assert not (staged.parent / f"{old}.safetensors").exists()
     assert json.loads((staged.parent / "retired.json").read_text())[old]["successor"] == new_name
     msg = _run(["-c", RETIRE_LOAD, old], env={"ROBUSTZOO_REGISTRY": str(staged)}).stdout
-    assert f"Its successor is '{new_name}'" in msg and "5,000 images only" in msg
+    assert f"Load '{new_name}' instead" in msg and "5,000 images only" in msg
     publish.main([str(stage), "--embed", "--registry", str(staged), "--name", new_name, "--retire", old])
     assert read_records(staged) == specs  # released again: nothing changes, the old name stays retired
     (stage / "record.json").write_text(json.dumps({**desc, "name": old}))

@@ -67,10 +67,12 @@ def _metrics(spec) -> str:
     return " / ".join(parts)
 
 
-def table() -> str:
+def table(registry=None) -> str:
+    """The markdown table for ``registry`` (default: the registry loaded at import)."""
+    registry = REGISTRY if registry is None else registry
     rows = ["| weight | command | expected (paper-reported) | est. H100 hours | status |", "|---|---|---|---|---|"]
-    for name in sorted(REGISTRY, key=lambda n: (REGISTRY[n].embedded, REGISTRY[n].arch, n)):
-        spec = REGISTRY[name]
+    for name in sorted(registry, key=lambda n: (registry[n].embedded, registry[n].arch, n)):
+        spec = registry[name]
         # the registry's own command (the embedded CPU zoo is trained by benchmarks/train_zoo.py)
         cmd = f"`{spec.reproduce}`" if spec.reproduce else f"`python training/reproduce.py {name}`"
         est = f"{hours(name):.2f}" if name in RECIPES and not spec.embedded else "CPU"
@@ -83,15 +85,19 @@ def main(argv: list[str]) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    text = table()
     if "--write" not in argv:
-        print(text)
+        print(table())
         return
+    write()
+
+
+def write(registry=None) -> None:
+    """Replace the table in training/README.md (the release step calls this with the registry it wrote)."""
     path = Path(__file__).with_name("README.md")
     doc = path.read_text()
     head, rest = doc.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    path.write_text(f"{head}{BEGIN}\n{table(registry)}\n{END}{tail}")
 
 
 if __name__ == "__main__":

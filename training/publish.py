@@ -1,7 +1,7 @@
 """Release a reproduced weight: upload it (or ship it inside the package) and pin it in the registry.
 
     python training/publish.py runs/rot-adv-aft-r50 --repo-id robustzoo/rot-adv-aft-r50 [--endpoint URL]
-    python training/publish.py runs/zoo/rot-adv-r18-w16-fmnist --embed --metrics benchmarks/zoo_metrics.json
+    python training/publish.py runs/zoo/at-baseline-r18-w16-fmnist --embed --metrics benchmarks/zoo_metrics.json
     python training/publish.py RUN_DIR --repo-id ORG/NAME --registry /tmp/registry.json   # try it on a copy
     python training/publish.py at-baseline-r18-w16-fmnist --refresh-metrics --metrics benchmarks/zoo_metrics.json
 
@@ -20,10 +20,12 @@ Either way the weight's record in the registry file is rewritten with the pinned
 the file's sha256, the measured metrics (``metrics.json``, or this file's entry in ``--metrics``, e.g.
 the figures ``benchmarks/train_zoo.py`` measured) and the provenance, and the diff is printed. This is
 the only program that writes the registry file. When it writes the package's own file it also
-regenerates the table of MODEL_CARD.md. The numbers are always the ones measured here, never the paper's.
+regenerates the tables of MODEL_CARD.md and training/README.md. The numbers are always the ones
+measured here, never the paper's.
 
 Runtime: seconds (one upload, one registry write). Writes the registry file (or the ``--registry`` copy),
-``MODEL_CARD.md`` when the package's own registry changes, and the Hub commit or the embedded file.
+``MODEL_CARD.md`` and ``training/README.md`` when the package's own registry changes, and the Hub commit or
+the embedded file (plus ``zoo/retired.json`` with ``--retire``).
 """
 
 from __future__ import annotations
@@ -210,8 +212,10 @@ def _write(registry: Path, before: str, specs: dict, dry_run: bool, retired: dic
         atomic_write(registry, lambda tmp: Path(tmp).write_text(after))
         if registry.resolve() == REGISTRY_FILE:
             from robustzoo.card import update_model_card
+            from training import make_readme_table
 
             update_model_card(ROOT / "MODEL_CARD.md", specs)
+            make_readme_table.write(specs)
     return diff
 
 
