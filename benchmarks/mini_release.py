@@ -112,7 +112,8 @@ def metrics(cell: dict, aa_cells: list[dict], plan, out: Path) -> dict:
                 "how": f"benchmarks/mini_repro.py cell {cell['key']}: pretext accuracy (clean, and under the "
                        f"training attack when adversarial) on the first {plan.pt_test_n} test images, once, after "
                        "model selection on the held-out part of the pool"}
-    got = {"clean": cell["clean"], "pgd20": cell["pgd20"], "n": cell["test_n"], "pgd20_n": cell["test_n"],
+    got = {"clean": round(cell["clean"], 2), "pgd20": round(cell["pgd20"], 2), "n": cell["test_n"],
+           "pgd20_n": cell["test_n"],
            "attack": EVAL_ATTACK, "best_epoch": cell["best_epoch"], "n_train": plan.labels,
            "test_set": "Fashion-MNIST test set: the first n / pgd20_n / autoattack_n images",
            "how": f"benchmarks/mini_repro.py cell {cell['key']}: robustzoo.evaluate (eval mode, PGD-20 starts "
