@@ -73,7 +73,7 @@ def markdown(res: dict) -> str:
     aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson |", "|---|---|---|---|"]
     aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] |"
            for a in res["autoattack"] if a["n"]]
-    pt = ["| pretraining | seed | pool | passes | pretext val score per pass | hours (wall per pass, >= CPU) |",
+    pt = ["| pretraining | seed | pool | passes | pretext val score per pass | hours (sum of the passes, wall) |",
           "|---|---|---|---|---|---|"]
     pt += [f"| {r['arm']} | {r['pretrain_seed']} | {r['pool']} | {r['passes']} | "
            f"{' '.join(f'{v:.2f}' for v in r['val_score_curve'])} | {r['cpu_seconds'] / 3600:.2f} |"
