@@ -8,7 +8,8 @@ are in benchmarks/RESULTS.md, section "Mini-reproduction"):
 * pretraining (``training/pretrain.py`` through ``training.recipes.resolve``) on the unlabeled
   60,000-image Fashion-MNIST training pool (labels unused) for rot-std, rot-adv and jig-adv; the
   ensemble pretraining (rotation + jigsaw + selfie on a shared trunk, joint PGD, log-det penalty)
-  on a smaller pool (``Plan.ens_pool``); ResNet-18 width ``Plan.width``, PGD-3 (eps 0.1, step 0.04);
+  on a smaller pool (``Plan.ens_pool``, 20,000) for as many passes; ResNet-18 width ``Plan.width``,
+  PGD-3 (eps 0.1, step 0.04);
 * adversarial full fine-tuning (:func:`robustzoo.finetune`, Madry PGD-3) on ``Plan.labels``
   labeled training images, and a separate validation split, both drawn by the fine-tuning seed;
   the same seed drives the subset, the new head, the data order and the attack starts in every
@@ -58,8 +59,8 @@ class Plan:
 
     width: float = 0.125  # 8 stem channels ("-w8-")
     pt_passes: int = 12  # passes over the pool for the single-task arms
-    ens_passes: int = 8
-    ens_pool: int = 10000  # ensemble pretraining pool (60,000 does not fit: ~15x the cost per image)
+    ens_passes: int = 12
+    ens_pool: int = 20000  # ensemble pretraining pool (60,000 does not fit: a step costs 12x a single task's)
     pool: int = 0  # 0 = all 60,000 training images
     pt_val_fraction: float = 0.02  # held out of the pool for the pretext curve (1,200 images at 60,000)
     pt_test_n: int = 1000
