@@ -89,14 +89,14 @@ def test_counted_step_flops_match_the_pgd10_multiplier(mode, multiplier):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3000)
 def test_smoke_runs_every_part_end_to_end(tmp_path):
     if not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("needs the Debian package dataset-fashion-mnist")
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_oneshot.py"), "--smoke", "--out", str(out),
-           "--budget", "1200", "--data-dir", str(FMNIST)]
-    subprocess.run(cmd, check=True, cwd=ROOT, timeout=1400)
+           "--budget", "2400", "--data-dir", str(FMNIST)]  # 4-6 min idle; a busy machine halves the speed
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=2700)
     res = json.loads((out / "results.json").read_text())
     assert {p: res["status"][p]["status"] for p in gpu_oneshot.PARTS} == dict.fromkeys(gpu_oneshot.PARTS, "ok")
     bench = res["bench"]
