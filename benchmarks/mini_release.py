@@ -16,9 +16,11 @@ import json
 import shutil
 from pathlib import Path
 
-from mini_lib import EPS, ROOT
+from mini_cells import backbone_path
+from mini_lib import EPS
 from mini_stats import aa_records
 
+from robustzoo.registry import TASK_TAGS
 from training.recipes import RECIPES
 
 
@@ -51,7 +53,7 @@ def zoo_entries(plan) -> dict[str, dict]:
 
 def record(name: str, entry: dict, plan) -> dict:
     """The descriptive fields of the registry record (the release step adds file, hash, metrics, provenance)."""
-    task = {"rot": "rotation", "jig": "jigsaw", "ens": "ensemble"}.get(entry["arm"].split("-")[0], "none")
+    task = TASK_TAGS.get(entry["arm"].split("-")[0], "none")  # "scratch" has no pretext task
     adv_pt = entry["arm"].endswith("-adv")
     pool = (plan.ens_pool if entry["arm"] == "ens-adv" else plan.pool) or 60000
     ft = (f"Madry linf pgd-{plan.steps} eps={EPS} step={plan.alpha} random-start train-mode, {plan.ft_epochs} epochs, "
@@ -134,8 +136,8 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     if not cell_file.exists():
         return None
     cell = json.loads(cell_file.read_text())
-    weights = Path(cell.get("backbone") or out / cell["model"])
-    weights = weights if weights.is_absolute() else (ROOT / weights if cell["kind"] == "pretrain" else weights)
+    weights = backbone_path(out, cell["arm"], cell["pretrain_seed"]) if cell["kind"] == "pretrain" \
+        else out / cell["model"]
     aa_cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
     folder = dest / name
     folder.mkdir(parents=True, exist_ok=True)
