@@ -112,10 +112,16 @@ def orchestrate(args) -> int:
 def run_part(part: str, args, work: Path, part_deadline: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--work", str(work),
            "--deadline", f"{part_deadline:.3f}", "--data-dir", str(args.data_dir)] + (["--smoke"] if args.smoke else [])
+    return run_with_deadline(cmd, part_deadline)
+
+
+def run_with_deadline(cmd: list[str], deadline: float) -> dict:
+    """Run ``cmd`` in its own process group; past ``deadline`` + GRACE the whole group is killed, so a part
+    that ignores its own soft deadline (or hangs in a compile worker) cannot eat the next part's time."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, start_new_session=True)  # own group: a kill also ends compile workers
     try:
-        rc = proc.wait(timeout=max(1.0, part_deadline - time.time() + GRACE))
+        rc = proc.wait(timeout=max(1.0, deadline - time.time() + GRACE))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
