@@ -140,19 +140,3 @@ def test_reproduction_classifiers_pgd20_outcomes_per_image(name):
     got = res.correct["pgd20"].tolist()
     differ = sum(g != (c == "1") for g, c in zip(got, cell["pgd20_per_image"][:1000]))
     assert differ <= 5, f"{name}: {differ} of the first 1,000 images changed their PGD-20 outcome"
-
-
-@pytest.mark.slow  # ~15 s per backbone on an idle 2-core CPU (features of 7,000 images)
-@pytest.mark.parametrize("name", [e["name"] for e in ENTRIES if e["kind"] == "backbone"
-                                  and "linear_probe_clean" in e["metrics"]])
-def test_backbone_linear_probe_matches_registry(name, test_split):
-    """Same probe as benchmarks/train_zoo.py (same training images), scored on the embedded test split."""
-    from mini_lib import linear_probe
-
-    torch.set_num_threads(2)
-    spec = REGISTRY[name]
-    xtr, ytr = load_embedded("train")
-    n = spec.metrics["n_train"]
-    acc, _ = linear_probe(robustzoo.load(name), (xtr[:n], ytr[:n]), test_split)
-    reported = spec.metrics["linear_probe_clean"]
-    assert abs(acc - reported) <= TOL, f"{name}: probe {acc:.2f} on the embedded split vs {reported} in the registry"
