@@ -90,8 +90,20 @@ def markdown(res: dict) -> str:
         f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
         "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
         "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
-        "below 0 on the claimed side; inconclusive = it spans 0.", "", *pt, "", *rows, "", *comp, "", *aa, "",
+        "below 0 on the claimed side; inconclusive = it spans 0.", "", scope(p), "", *pt, "", *rows, "", *comp, "",
+        *aa, "",
         "![paired differences with 95% intervals; pretext curves](mini_repro.png)"])
+
+
+def scope(p: dict) -> str:
+    """What the CPU budget (about 24 CPU hours) made us cut or shrink, said next to the numbers."""
+    pool = f"{p['pool']:,}" if p["pool"] else "60,000"
+    return (f"Scope: the single-task arms pretrain on all {pool} training images (labels unused); the ensemble "
+            f"pretrains on a random {p['ens_pool']:,} of them, drawn with the pretraining seed (a step costs about "
+            "8x a single adversarial task's, benchmarks/repro/rates.json, so 60,000 images do not fit the budget). "
+            "Not run, for the same budget: partial and standard full fine-tuning, "
+            "and a second, larger label budget; every figure below is adversarial full fine-tuning on "
+            f"{p['labels']:,} labels.")
 
 
 def plot(res: dict, path: Path) -> None:
