@@ -135,6 +135,8 @@ def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path, mon
     perms = json.loads(model.pretrained_meta["jigsaw_permutations"])
     assert len(perms) == 31 and perms[0] == list(range(16))
     assert model.pretrained_meta["recipe"] == "jig-adv-r18"
+    published = json.loads(model.pretrained_meta["recipe_json"])
+    assert published["out_dir"] == "" and published["epochs"] == 2 and str(tmp_path) not in json.dumps(published)
 
     # stop after epoch 1 (as if killed), resume: identical weights and metrics
     b = replace(recipe, out_dir=str(tmp_path / "b"))
@@ -169,6 +171,7 @@ def test_reproduce_classifier_chain(tmp_path):
     assert (tmp_path / "rot-adv-r18" / "model.safetensors").is_file()  # the parent was pretrained first
     model = load_file(tmp_path / "rot-adv-aft-r18")
     assert model.num_classes == 10 and model.pretrained_meta["parents"] == '["rot-adv-r18"]'
+    assert str(tmp_path) not in model.pretrained_meta["recipe_json"]
     assert set(report["test"]["accuracy"]) == {"clean", "pgd2"}
     assert report["finetune"]["best_epoch"] is not None
 

@@ -32,6 +32,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def recipe_metadata(recipe) -> str:
+    """The recipe as stored in a published file: every setting, with the machine-local paths (where the
+    run wrote, where its data lay) blanked, so a shipped file names no one's directories."""
+    return json.dumps({**recipe.to_dict(), "out_dir": "", "data_root": ""})
+
+
 def export(model, recipe, out: Path, report: dict) -> None:
     """The published files: headless backbone (save_pretrained), backbone + head, report."""
     from safetensors.torch import save_file
@@ -41,7 +47,7 @@ def export(model, recipe, out: Path, report: dict) -> None:
     trained = "normalize,conv1,bn1,layer1,layer2,layer3" + (",layer4" if TASKS[recipe.task].trains_layer4 else "")
     meta = {"recipe": recipe.name, "task": recipe.task, "training": "adv" if recipe.adversarial else "std",
             "git_commit": report["git_commit"], "best_epoch": str(report["best_epoch"]),
-            "pretrained_modules": trained, "recipe_json": json.dumps(recipe.to_dict()),
+            "pretrained_modules": trained, "recipe_json": recipe_metadata(recipe),
             **model.task.export_metadata()}
     save_pretrained(model.export_backbone(), out, name=recipe.name, metadata=meta)
     full = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustzoo.models import ResNet, SoftmaxEnsemble  # noqa: E402
 from robustzoo.weights import atomic_write, load_file, save_pretrained  # noqa: E402
+from training.checkpoint import recipe_metadata  # noqa: E402
 from training.data import load_images, train_val_split  # noqa: E402
 from training.pretrain import git_commit, pretrain  # noqa: E402
 from training.recipes import Recipe, RecipeError, parse_overrides, resolve  # noqa: E402
@@ -188,7 +189,7 @@ def reproduce(name: str, overrides: list[str] | dict | None = None, *, root: str
     report["test"] = _test(recipe, model)
     report["seconds"] = time.time() - t0
     meta = {"recipe": name, "task": recipe.task, "git_commit": report["git_commit"],
-            "parents": json.dumps(list(recipe.parents)), "recipe_json": json.dumps(recipe.to_dict()),
+            "parents": json.dumps(list(recipe.parents)), "recipe_json": recipe_metadata(recipe),
             "test_accuracy": json.dumps(report["test"]["accuracy"])}
     save_pretrained(model.cpu(), out, name=name, metadata=meta)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(report), indent=2)))
