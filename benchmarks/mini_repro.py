@@ -180,10 +180,10 @@ def ft_key(arm: str, seed: int, plan: Plan) -> str:
 def all_cells(plan: Plan) -> list[Cell]:
     """Every cell of the plan, in the order the workers take them: the first pretraining seed's backbones,
     then the first fine-tuning seed (whose classifiers become zoo entries, so they exist early), then
-    the other pretraining seeds, then the remaining fine-tuning seeds, then AutoAttack."""
-    def pretrain_cells(pseed: int) -> list[Cell]:
-        arms = ("rot-adv", "jig-adv", "rot-std", "ens-adv") if pseed == plan.pt_seeds[0] else \
-            ("rot-adv", "ens-adv", "jig-adv")  # the ensemble (3.5 CPU h) is the long pole: start it early
+    the other pretraining seeds' single-task backbones and the remaining fine-tuning seeds (so the
+    single-task comparisons complete early), then the other seeds' ensemble pretraining (3.5 CPU h
+    each), then AutoAttack. Fine-tuning cells whose backbone is not there yet are skipped until it is."""
+    def pretrain_cells(pseed: int, arms: tuple) -> list[Cell]:
         return [Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed) for arm in arms]
 
     def seed_cells(seed: int) -> list[Cell]:
@@ -195,11 +195,14 @@ def all_cells(plan: Plan) -> list[Cell]:
         return row + [Cell(f"ens-ft-s{seed}-n{plan.labels}", "ensemble", "ens-ft", seed,
                            deps=tuple(ft_key(a, seed, plan) for a in ENSEMBLE_MEMBERS))]
 
-    cells = pretrain_cells(plan.pt_seeds[0]) + seed_cells(plan.ft_seeds[0])
-    for pseed in plan.pt_seeds[1:]:
-        cells += pretrain_cells(pseed)
+    first, rest = plan.pt_seeds[0], plan.pt_seeds[1:]
+    cells = pretrain_cells(first, ("rot-adv", "jig-adv", "rot-std", "ens-adv")) + seed_cells(plan.ft_seeds[0])
+    for pseed in rest:
+        cells += pretrain_cells(pseed, ("rot-adv", "jig-adv"))
     for seed in plan.ft_seeds[1:]:
         cells += seed_cells(seed)
+    for pseed in rest:
+        cells += pretrain_cells(pseed, ("ens-adv",))
     seed0 = plan.ft_seeds[0]
     for arm in (*FT_ARMS, "ens-ft"):
         dep = f"ens-ft-s{seed0}-n{plan.labels}" if arm == "ens-ft" else ft_key(arm, seed0, plan)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ from .checkpoint import (
 from .data import load_data
 from .errors import DataError
 from .finetune_settings import MODES, FinetuneSettings, _positive
+from .layout import channels_last_hazard
 from .trainer import Run, fit, restore
 
 __all__ = ["MODES", "FinetuneResult", "FinetuneSettings", "finetune"]
@@ -228,12 +229,17 @@ def _run(model, settings: FinetuneSettings, x, y, x_val, y_val, n_classes, *, de
             torch.manual_seed(settings.seed)
             model.reset_classifier(n_classes)
     model.to(device)
+    if settings.channels_last and (hazard := channels_last_hazard(model, device)):
+        warnings.warn(f"channels_last=True ignored: {hazard}; training in the default layout (same results)",
+                      UserWarning, stacklevel=3)
+        settings = replace(settings, channels_last=False)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     requires = [(p, p.requires_grad) for p in model.parameters()]
     frozen = _freeze(model, settings.trains)
     params = [p for p in model.parameters() if p.requires_grad]
-    # what the run is bound to (compile only changes speed, so a resume may switch it)
+    # what the run is bound to (compile and the memory layout only change speed: a resume may switch them,
+    # e.g. on a machine where channels-last is unsafe)
     cfg = {k: v for k, v in settings.as_dict().items() if k != "compile"}
     cfg.update(eval_alpha=settings.alpha, num_classes=n_classes, select=settings.select, n_train=len(x),
                n_val=0 if x_val is None else len(x_val), data=data_digest(x, y))
@@ -248,7 +254,7 @@ def _run(model, settings: FinetuneSettings, x, y, x_val, y_val, n_classes, *, de
               cfg=cfg, device=device, generators=gens, progress=progress,
               checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
               fingerprint={"model": describe_model(model), "weights": tensor_digest(model.state_dict()),
-                           "settings": cfg})
+                           "settings": {k: v for k, v in cfg.items() if k != "channels_last"}})
     with RunLock(run.checkpoint_dir) if run.checkpoint_dir is not None else contextlib.nullcontext():
         try:
             resumed_from = _resume(run, resume)
