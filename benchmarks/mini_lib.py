@@ -22,6 +22,17 @@ EPS, ALPHA_EVAL = 0.1, 0.025  # Fashion-MNIST budget: Linf 0.1, step eps/4 (as 2
 MACHINE = f"2-core CPU, no GPU, torch {torch.__version__}"
 
 
+def cpu_name() -> str:
+    """The processor model and the kernels torch picked for it (cells record it: sessions land on
+    different machines, and oneDNN's kernels, bugs included, depend on the vector ISA)."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def load_data(n_train: int, quick: bool = False) -> dict:
     """First ``n_train`` embedded training images; a disjoint 500-image validation split; the test set."""
     from robustzoo.fmnist import load_embedded, load_fashion_mnist

@@ -41,10 +41,19 @@ def build(plan, out: Path) -> dict:
     cpu = sum(c.get("cpu_seconds", 0) for c in cells)
     return {"about": "Chen et al. (CVPR 2020) claims on Fashion-MNIST, paired seeds; benchmarks/mini_repro.py",
             "partial": len(cells) < len(planned), "cells_done": len(cells), "cells_planned": len(planned),
-            "cpu_hours_in_cells": round(cpu / 3600, 2), "machine": MACHINE, "merged": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu_hours_in_cells": round(cpu / 3600, 2), "machine": MACHINE, "cpus": _cpus(cells),
+            "merged": time.strftime("%Y-%m-%d %H:%M"),
             "plan": asdict(plan), "interval": "95% Student-t on the paired differences over fine-tuning seeds",
             "pretraining": pretrain_records(kinds["pretrain"]), "cells": records,
             "comparisons": comparisons(records), "autoattack": aa_records(kinds["aa"])}
+
+
+def _cpus(cells: list[dict]) -> dict:
+    """Cells per processor (recorded since 2026-12-06; sessions land on different machines)."""
+    out: dict = {}
+    for c in cells:
+        out[c.get("cpu", "not recorded")] = out.get(c.get("cpu", "not recorded"), 0) + 1
+    return out
 
 
 def _fmt(v, nd: int = 2) -> str:
@@ -85,7 +94,9 @@ def markdown(res: dict) -> str:
     return "\n".join([
         head + f"Measured on {res['machine']}, merged {res['merged']} by `python benchmarks/mini_repro.py merge` "
         f"from the cells in benchmarks/repro/cells ({res['cells_done']} of {res['cells_planned']} done, "
-        f"{res['cpu_hours_in_cells']} CPU hours in them so far). ResNet-18 width {p['width']}, Linf eps 0.1; "
+        f"{res['cpu_hours_in_cells']} CPU hours in them so far; cells per processor: "
+        f"{', '.join(f'{k} {v}' for k, v in res.get('cpus', {}).items())}). "
+        f"ResNet-18 width {p['width']}, Linf eps 0.1; "
         f"adversarial full fine-tuning (PGD-{p['steps']}) on {p['labels']} labels for {p['ft_epochs']} epochs; "
         f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
         "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_lib import EPS, MACHINE, ROOT  # noqa: E402
+from mini_lib import EPS, MACHINE, ROOT, cpu_name  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "repro"
 PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18"}
@@ -234,7 +234,7 @@ def execute(cell: Cell, plan: Plan, out: Path, worker: int) -> bool:
         (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
         print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
         return False
-    rec.update(key=cell.key, plan=asdict(plan), worker=worker, wall_seconds=round(time.time() - t0, 1),
+    rec.update(key=cell.key, plan=asdict(plan), worker=worker, cpu=cpu_name(), wall_seconds=round(time.time() - t0, 1),
                cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
     write_json(path, rec)
     print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} ({time.time() - t0:.0f}s)", flush=True)
