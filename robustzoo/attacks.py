@@ -195,7 +195,8 @@ def pgd(
         generator: ``torch.Generator`` (on ``x.device``) or an int seed for the random start;
             the same seed gives the same result. None uses the global RNG.
         amp: run ``loss_fn`` under bf16 autocast (GPU / AVX512-BF16 CPU speed-up; changes numerics).
-        channels_last: hand ``loss_fn`` channels-last tensors (pair with a channels-last model).
+        channels_last: hand ``loss_fn`` channels-last tensors (pair with a channels-last model; on a CPU,
+            check narrow models with ``robustzoo.layout.channels_last_hazard`` first).
         y: labels of ``x``, to tell which restart fools ``model`` (only with ``restarts > 1``).
 
     Returns:
