@@ -46,6 +46,10 @@ def model_path(out: Path, key: str) -> Path:
     return out / "finetune" / key / "best" / "model.safetensors"
 
 
+def kept_path(out: Path, arm: str, seed: int, labels: int) -> Path:
+    return out / "models" / f"{arm}-s{seed}-n{labels}.safetensors"
+
+
 def initial_model(plan, out: Path, arm: str, seed: int, pseed: int | None):
     """Scratch: a ResNet-18 initialised from ``seed``. Pretrained: the headless backbone, loaded strictly
     (``finetune`` then adds a 10-way head initialised from the same ``seed``)."""
@@ -101,8 +105,12 @@ def run_finetune(cell, plan, out: Path) -> dict:
                        for r in res.history],
            "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1), **test_model(res.model, plan, cell.seed),
            "machine": MACHINE, "date": time.strftime("%Y-%m-%d")}
-    if cell.seed == plan.ft_seeds[0]:  # the seed-0 classifiers are kept (AutoAttack, the zoo entries)
-        keep = out / "models" / f"{cell.arm}-s{cell.seed}-n{plan.labels}.safetensors"
+    from mini_repro import ENSEMBLE_MEMBERS
+
+    # kept (and committed): the seed-0 classifiers (AutoAttack, the zoo entries) and every ensemble member,
+    # whose ens-ft cell may run sessions later on another machine, where a refit is not bit-exact
+    if cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS:
+        keep = kept_path(out, cell.arm, cell.seed, plan.labels)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path(out, cell.key), keep)
         rec["model"] = str(keep.relative_to(out))
@@ -110,12 +118,15 @@ def run_finetune(cell, plan, out: Path) -> dict:
 
 
 def member(plan, out: Path, key: str, arm: str, seed: int):
-    """A fine-tuned classifier of a finished cell; refitted (deterministically) when its weights are gone,
-    e.g. on a fresh machine, and checked against the cell's recorded validation history."""
+    """A fine-tuned classifier of a finished cell: its kept copy in ``models/``, else its run folder, else
+    refitted (deterministically on the same kind of CPU) and checked against the cell's recorded
+    validation history (cells finished before members were kept)."""
     import json
 
     from robustzoo.weights import load_file
 
+    if (kept := kept_path(out, arm, seed, plan.labels)).exists():
+        return load_file(kept)
     path = model_path(out, key)
     if not path.exists():
         cell = json.loads((out / "cells" / f"{key}.json").read_text())
