@@ -255,7 +255,9 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path):
     import time
 
     out = tmp_path / "ft"
-    argv = ["finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "3", "--steps",
+    # 20 short epochs: the interrupt must land between the first checkpoint and the end of the run, and
+    # on a loaded machine this process may see the checkpoint late (with 3 epochs the run once finished first)
+    argv = ["finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "20", "--steps",
             "1", "--eval-steps", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "robustzoo", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
