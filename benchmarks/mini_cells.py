@@ -78,12 +78,12 @@ def test_model(model, plan, seed: int) -> dict:
             "eval_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def fit(plan, out: Path, key: str, arm: str, seed: int, pseed: int | None):
+def fit(plan, out: Path, key: str, arm: str, seed: int, pseed: int | None, mode: str = "adv-full"):
     from robustzoo.finetuning import finetune
 
     train, val = labeled_split(plan, seed)
     model = initial_model(plan, out, arm, seed, pseed)
-    return finetune(model, train, mode="adv-full", val_data=val, epochs=plan.ft_epochs, steps=plan.steps,
+    return finetune(model, train, mode=mode, val_data=val, epochs=plan.ft_epochs, steps=plan.steps,
                     alpha=plan.alpha, eps=EPS, eval_steps=plan.val_steps, seed=seed, lr=plan.ft_lr,
                     batch_size=plan.ft_batch, schedule="cosine", padding=2, progress=False, channels_last=True,
                     num_classes=10 if getattr(model, "num_classes", 10) == 0 else None,
@@ -94,11 +94,12 @@ def run_finetune(cell, plan, out: Path) -> dict:
     """One arm x one seed: adversarial full fine-tuning, then the test. Resumes from its epoch checkpoint."""
     from mini_repro import commit
 
+    mode = getattr(cell, "mode", "adv-full")  # a worker started before cells had modes holds the old Cell
     t0 = time.perf_counter()
-    res = fit(plan, out, cell.key, cell.arm, cell.seed, cell.pretrain_seed)
+    res = fit(plan, out, cell.key, cell.arm, cell.seed, cell.pretrain_seed, mode)
     train_s = time.perf_counter() - t0
     rec = {"kind": "finetune", "arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": cell.seed,
-           "labels": plan.labels, "mode": "adv-full", "commit": commit(),
+           "labels": plan.labels, "mode": mode, "commit": commit(),
            "recipe": {"pretrain_cell": None if cell.pretrain_seed is None else f"pt-{cell.arm}-p{cell.pretrain_seed}",
                       "finetune": {k: v for k, v in res.settings.items() if k not in ("versions",)}},
            "history": [{k: r[k] for k in ("epoch", "loss", "val_clean", "val_robust", "seconds")}
@@ -109,7 +110,7 @@ def run_finetune(cell, plan, out: Path) -> dict:
 
     # kept (and committed): the seed-0 classifiers (AutoAttack, the zoo entries) and every ensemble member,
     # whose ens-ft cell may run sessions later on another machine, where a refit is not bit-exact
-    if cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS:
+    if mode == "adv-full" and (cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS):
         keep = kept_path(out, cell.arm, cell.seed, plan.labels)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path(out, cell.key), keep)

@@ -67,12 +67,20 @@ def markdown(res: dict) -> str:
     rows = ["| arm | seeds | clean (mean) | PGD-20 (mean) | epochs to scratch's final val RA |",
             "|---|---|---|---|---|"]
     for arm in ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv", "ens-ft"):
-        cs = [c for c in res["cells"] if c["arm"] == arm]
+        cs = [c for c in res["cells"] if c["arm"] == arm and c["mode"] == "adv-full"]
         if cs:
             ett = [str(c["epochs_to_target"]) if c["epochs_reached"] else f">{p['ft_epochs']}" for c in cs
                    if c["epochs_to_target"] is not None]
             rows.append(f"| {arm} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
                         f"{statistics.fmean(c['pgd20'] for c in cs):.2f} | {', '.join(ett) or '-'} |")
+    modes = ["| arm | fine-tuning | seeds | clean (mean) | PGD-20 (mean) |", "|---|---|---|---|---|"]
+    if any(c["mode"] != "adv-full" for c in res["cells"]):
+        for arm in p.get("mode_arms", ()):
+            for mode in ("adv-full", *p.get("extra_modes", ())):
+                cs = [c for c in res["cells"] if (c["arm"], c["mode"]) == (arm, mode) and c["seed"] in p["mode_seeds"]]
+                if cs:
+                    modes.append(f"| {arm} | {mode} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
+                                 f"{statistics.fmean(c['pgd20'] for c in cs):.2f} |")
     comp = ["| comparison | claim | pairs | mean diff | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     for c in res["comparisons"]:
         unit = " ep" if c["metric"] == "epochs_to_target" else " pt"
@@ -101,8 +109,8 @@ def markdown(res: dict) -> str:
         f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
         "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
         "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
-        "below 0 on the claimed side; inconclusive = it spans 0.", "", scope(p), "", *pt, "", *rows, "", *comp, "",
-        *aa, "",
+        "below 0 on the claimed side; inconclusive = it spans 0.", "", scope(p), "", *pt, "", *rows, "",
+        *(modes + [""] if len(modes) > 2 else []), *comp, "", *aa, "",
         "![paired differences with 95% intervals; pretext curves](mini_repro.png)"])
 
 
@@ -112,9 +120,11 @@ def scope(p: dict) -> str:
     return (f"Scope: the single-task arms pretrain on all {pool} training images (labels unused); the ensemble "
             f"pretrains on a random {p['ens_pool']:,} of them, drawn with the pretraining seed (a step costs about "
             "8x a single adversarial task's, benchmarks/repro/rates.json, so 60,000 images do not fit the budget). "
-            "Not run, for the same budget: partial and standard full fine-tuning, "
-            "and a second, larger label budget; every figure below is adversarial full fine-tuning on "
-            f"{p['labels']:,} labels.")
+            f"Every figure is on {p['labels']:,} labels; the claims use adversarial full fine-tuning. The paper's "
+            f"other modes, {' and '.join(p.get('extra_modes', ())) or 'none'} (standard cross-entropy; partial "
+            f"trains layer4 and the head), run last, only for {', '.join(p.get('mode_arms', ()))} on seeds "
+            f"{', '.join(map(str, p.get('mode_seeds', ())))} (rows 'table:'). Not run, for the budget: a second, "
+            "larger label budget.")
 
 
 def plot(res: dict, path: Path) -> None:
@@ -133,7 +143,8 @@ def plot(res: dict, path: Path) -> None:
         ax.plot([c["diff_mean"]], [i], "o", color=color)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(comps)), [f"{c['comparison']} (n={c['n_pairs']})" for c in comps], fontsize=7)
-    ax.set_xlabel("paired difference (PGD-20 points; epochs for 'epochs:' rows, lower = better)", fontsize=8)
+    ax.set_xlabel("paired difference (PGD-20 points; epochs for 'epochs:' rows, lower = better; clean points for "
+                  "'clean:' rows)", fontsize=8)
     ax.set_title(("PARTIAL - " if res["partial"] else "") + "mean and 95% t interval", fontsize=9)
     for r in res["pretraining"]:
         bx.plot(range(1, len(r["val_score_curve"]) + 1), r["val_score_curve"], marker=".",

@@ -15,7 +15,9 @@ are in benchmarks/RESULTS.md, section "Mini-reproduction"):
   the same seed drives the subset, the new head, the data order and the attack starts in every
   arm, so arm minus scratch is a paired difference;
 * test: clean and PGD-20 (eval mode, step 0.025) on all 10,000 test images per cell; AutoAttack on
-  a fixed subset for the seed-0 model of each arm, in chunks (``benchmarks/aa_chunks.py`` style).
+  a fixed subset for the seed-0 model of each arm, in chunks (``benchmarks/aa_chunks.py`` style);
+* last, the paper's other fine-tuning modes (standard partial and full) for the rot-std and rot-adv
+  backbones on ``Plan.mode_seeds``, compared apart from the three claims.
 
 Every cell is one JSON file under ``benchmarks/repro/cells`` (atomic, tagged with the commit and
 the recipe); ``work`` runs the next cell nobody holds (a file lock per cell, so 2 workers share the
@@ -79,6 +81,11 @@ class Plan:
     aa_n: int = 500
     aa_chunk: int = 50
     dataset: str = "fashion-mnist"
+    # the paper's table also has partial (layer4 + head) and standard full fine-tuning: run for the
+    # standard vs adversarial rotation backbones on fewer seeds, after everything else (secondary)
+    extra_modes: tuple = ("partial", "full")
+    mode_arms: tuple = ("rot-std", "rot-adv")
+    mode_seeds: tuple = (0, 1, 2, 3)
 
     def pretrain_seed(self, seed: int, arm: str) -> int | None:
         """Fine-tuning seed -> pretraining seed of its backbone (alternating, so both are covered)."""
@@ -89,7 +96,7 @@ class Plan:
 
 SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt_val_fraction=0.1, pt_test_n=32,
              pt_batch=32, pt_seeds=(0,), labels=64, val_labels=32, ft_seeds=(0,), ft_epochs=1, ft_batch=32,
-             val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist")
+             val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=())
 
 
 
@@ -166,15 +173,16 @@ class Cell:
     deps: tuple = ()  # cell keys that must exist first
     start: int = 0  # aa chunks
     end: int = 0
+    mode: str = "adv-full"  # fine-tuning mode of a finetune cell
 
 
 def pt_key(arm: str, pseed: int) -> str:
     return f"pt-{arm}-p{pseed}"
 
 
-def ft_key(arm: str, seed: int, plan: Plan) -> str:
+def ft_key(arm: str, seed: int, plan: Plan, mode: str = "adv-full") -> str:
     p = plan.pretrain_seed(seed, arm)
-    return f"ft-{arm}{'' if p is None else f'-p{p}'}-s{seed}-n{plan.labels}"
+    return f"ft-{arm}{'' if p is None else f'-p{p}'}-s{seed}-n{plan.labels}{'' if mode == 'adv-full' else f'-{mode}'}"
 
 
 def all_cells(plan: Plan) -> list[Cell]:
@@ -182,7 +190,8 @@ def all_cells(plan: Plan) -> list[Cell]:
     then the first fine-tuning seed (whose classifiers become zoo entries, so they exist early), then
     the other pretraining seeds' single-task backbones and the remaining fine-tuning seeds (so the
     single-task comparisons complete early), then the other seeds' ensemble pretraining (3.5 CPU h
-    each), then AutoAttack. Fine-tuning cells whose backbone is not there yet are skipped until it is."""
+    each), then AutoAttack, then the secondary fine-tuning modes. Fine-tuning cells whose backbone is not
+    there yet are skipped until it is."""
     def pretrain_cells(pseed: int, arms: tuple) -> list[Cell]:
         return [Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed) for arm in arms]
 
@@ -210,6 +219,12 @@ def all_cells(plan: Plan) -> list[Cell]:
             end = min(plan.aa_n, start + plan.aa_chunk)
             cells.append(Cell(f"aa-{arm}-s{seed0}-{start:05d}-{end:05d}", "aa", arm, seed0, deps=(dep,),
                               start=start, end=end))
+    for seed in plan.mode_seeds:
+        for mode in plan.extra_modes:
+            for arm in plan.mode_arms:
+                p = plan.pretrain_seed(seed, arm)
+                cells.append(Cell(ft_key(arm, seed, plan, mode), "finetune", arm, seed, p, deps=(pt_key(arm, p),),
+                                  mode=mode))
     return cells
 
 

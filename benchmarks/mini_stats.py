@@ -72,9 +72,9 @@ def cell_records(cells: list[dict], ft_epochs: int) -> list[dict]:
     """One record per fine-tuning/ensemble cell, with claim 2's epochs to scratch's final val robust acc."""
     target = {c["seed"]: c["history"][-1]["val_robust"] for c in cells if c["arm"] == "scratch" and c["history"]}
     out = []
-    for c in sorted(cells, key=lambda c: (c["seed"], c["arm"])):
+    for c in sorted(cells, key=lambda c: (c["seed"], c["arm"], c["mode"])):
         ett = None
-        if c["history"] and c["seed"] in target:
+        if c["history"] and c["seed"] in target and c["mode"] == "adv-full":
             e = epochs_to_reach(c["history"], target[c["seed"]])
             ett = ft_epochs + 1 if e is None else e  # not reached: censored at E + 1 (a lower bound)
         out.append({"arm": c["arm"], "pretrain_seed": c.get("pretrain_seed"), "seed": c["seed"],
@@ -112,7 +112,10 @@ def _compare(name: str, claim: str, pairs: list[tuple[dict, dict]], metric: str,
 
 
 def comparisons(records: list[dict]) -> list[dict]:
-    """Claims 1-3 as paired comparisons (best single pretext / best member picked per seed on validation)."""
+    """Claims 1-3 as paired comparisons (best single pretext / best member picked per seed on validation)
+    on the adversarial full fine-tuning cells, then the secondary fine-tuning modes."""
+    other = [r for r in records if r["mode"] != "adv-full"]
+    records = [r for r in records if r["mode"] == "adv-full"]
     arm = {a: _by_seed(records, a) for a in {r["arm"] for r in records}}
     pair = lambda a, b: [(arm[a][s], arm[b][s]) for s in sorted(arm.get(a, {})) if s in arm.get(b, {})]  # noqa: E731
     out = []
@@ -134,6 +137,28 @@ def comparisons(records: list[dict]) -> list[dict]:
     best = [(arm["ens-ft"][s], _best_by_val(records, ("rot-adv", "jig-adv", "ens-adv"), s)) for s in seeds]
     out.append(_compare("ens-ft - best member", "3b: the fine-tuned 3-model softmax ensemble beats its best member",
                         [(a, b) for a, b in best if b is not None], "pgd20"))
+    return out + mode_comparisons(other, arm) if other else out
+
+
+def mode_comparisons(other: list[dict], adv_full: dict[str, dict[int, dict]]) -> list[dict]:
+    """The paper's table beyond adversarial full fine-tuning, on the rotation backbones: does adversarial
+    pretraining still help under standard partial / full fine-tuning, does adversarial fine-tuning add
+    robustness over standard full fine-tuning, and does full fine-tuning beat partial (clean accuracy)."""
+    by = {}
+    for r in other:
+        by.setdefault((r["arm"], r["mode"]), {})[r["seed"]] = r
+    for a, rows in adv_full.items():
+        by[(a, "adv-full")] = rows
+
+    def pair(a: tuple, b: tuple) -> list:
+        return [(by[a][s], by[b][s]) for s in sorted(by.get(a, {})) if s in by.get(b, {})]
+
+    out = [_compare(f"{m}: rot-adv - rot-std", f"table: adversarial pretraining under standard {m} fine-tuning",
+                    pair(("rot-adv", m), ("rot-std", m)), "pgd20") for m in ("partial", "full")]
+    out.append(_compare("rot-adv: adv-full - full", "table: adversarial fine-tuning adds robustness",
+                        pair(("rot-adv", "adv-full"), ("rot-adv", "full")), "pgd20"))
+    out.append(_compare("clean: rot-adv full - partial", "table: full fine-tuning beats partial (clean accuracy)",
+                        pair(("rot-adv", "full"), ("rot-adv", "partial")), "clean"))
     return out
 
 

@@ -56,11 +56,15 @@ PLAN = replace(mini_repro.SMOKE, ft_seeds=tuple(range(6)), pt_seeds=(0, 1), ft_e
 SHIFT = {"scratch": 0.0, "rot-std": 0.5, "rot-adv": 2.0, "jig-adv": -3.0, "ens-adv": 0.0, "ens-ft": 1.0}
 
 
-def _write_synthetic(out: Path, seeds=range(6), drop: tuple = ()) -> None:
+MODE_PGD = {("rot-std", "partial"): 10.0, ("rot-adv", "partial"): 25.0, ("rot-std", "full"): 1.0,
+            ("rot-adv", "full"): 2.0}  # PGD-20 of the standard-loss modes (seed-independent + noise)
+
+
+def _write_synthetic(out: Path, seeds=range(6), drop: tuple = (), plan=PLAN) -> None:
     """Cells whose PGD-20 is a per-seed base plus a per-arm shift (+ small noise; ens-adv: +-2 alternating)."""
     cells = out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
-    for cell in mini_repro.all_cells(PLAN):
+    for cell in mini_repro.all_cells(plan):
         if cell.key in drop or (cell.seed is not None and cell.seed not in seeds):
             continue
         if cell.kind == "pretrain":
@@ -77,8 +81,11 @@ def _write_synthetic(out: Path, seeds=range(6), drop: tuple = ()) -> None:
             hist = [{"val_robust": pgd - 4 + k * 2, "val_clean": 70.0} for k in range(3)]  # reaches pgd at epoch 3
             if cell.arm == "rot-adv":  # reaches scratch's final value one epoch earlier
                 hist = [{"val_robust": pgd - 2 + k, "val_clean": 70.0} for k in range(3)]
-            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": 64, "mode": "adv-full",
-                   "clean": 70.0, "pgd20": pgd, "test_n": 64, "history": hist}
+            clean = 70.0
+            if cell.mode != "adv-full":
+                pgd, clean = MODE_PGD[cell.arm, cell.mode] + noise, (85.0 if cell.mode == "full" else 80.0) + noise
+            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": 64, "mode": cell.mode,
+                   "clean": clean, "pgd20": pgd, "test_n": 64, "history": hist}
         rec.update(kind=cell.kind, key=cell.key, commit="abc", recipe={"r": 1}, cpu_seconds=1.0)
         (cells / f"{cell.key}.json").write_text(json.dumps(rec))
 
@@ -117,8 +124,27 @@ def test_merge_marks_partial_results(tmp_path):
     assert markdown(res).startswith("**PARTIAL")
 
 
+def test_secondary_modes_are_compared_apart_from_the_claims(tmp_path):
+    plan = replace(PLAN, mode_seeds=(0, 1, 2))
+    _write_synthetic(tmp_path, plan=plan)
+    res = build(plan, tmp_path)
+    comp = {c["comparison"]: c for c in res["comparisons"]}
+    assert comp["rot-adv - scratch"]["n_pairs"] == 6  # the claims see adversarial full fine-tuning only
+    assert comp["rot-adv - scratch"]["diffs"] == pytest.approx([2.0] * 6, abs=0.25)  # not the modes' 25 or 2
+    partial = comp["partial: rot-adv - rot-std"]
+    assert partial["n_pairs"] == 3 and partial["verdict"] == "holds" and partial["diff_mean"] == pytest.approx(15)
+    assert comp["rot-adv: adv-full - full"]["verdict"] == "holds"
+    assert comp["clean: rot-adv full - partial"]["metric"] == "clean"
+    assert comp["clean: rot-adv full - partial"]["verdict"] == "holds"
+    assert {c["mode"] for c in res["cells"]} == {"adv-full", "partial", "full"}
+    from mini_report import markdown
+
+    md = markdown(res)
+    assert "| rot-adv | partial | 3 |" in md and "Not run, for the budget: a second" in md
+
+
 def test_pairing_uses_the_same_seed_and_alternates_backbones():
-    cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune"]
+    cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune" and c.mode == "adv-full"]
     assert len(cells) == 5 * 8
     assert {c.pretrain_seed for c in cells if c.arm == "rot-adv"} == {0, 1}
     assert all(c.deps == (f"pt-{c.arm}-p{c.pretrain_seed}",) for c in cells if c.arm != "scratch")
