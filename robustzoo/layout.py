@@ -18,9 +18,22 @@ __all__ = ["channels_last_hazard"]
 
 
 def _channel_block() -> int:
-    """oneDNN's f32 channel block on this CPU (its SIMD width in floats); 0 where the kernel is not used."""
+    """oneDNN's f32 channel block on this CPU (its SIMD width in floats); 0 where the kernel is not used.
+
+    torch's kernel level can be capped (``ATEN_CPU_CAPABILITY``) below what oneDNN uses, so the CPU's own
+    AVX-512 flag counts too where Linux reports it."""
     cap = torch.backends.cpu.get_cpu_capability()
-    return 16 if "AVX512" in cap else 8 if "AVX2" in cap else 0
+    if "AVX512" in cap or (cap == "AVX2" and " avx512f" in _cpu_flags()):
+        return 16
+    return 8 if "AVX2" in cap else 0
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((" " + line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 def channels_last_hazard(model: nn.Module, device: torch.device | str) -> str | None:

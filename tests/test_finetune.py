@@ -168,14 +168,17 @@ def test_bf16_channels_last_paths_run(data):
     assert math.isfinite(res.history[0]["loss"]) and res.settings["channels_last"] is True
 
 
-@pytest.mark.parametrize("cap, width, device, unsafe", [
-    ("AVX2", 0.0625, "cpu", True), ("AVX2", 0.125, "cpu", False), ("AVX512", 0.125, "cpu", True),
-    ("AVX512", 0.25, "cpu", False), ("DEFAULT", 0.0625, "cpu", False), ("AVX2", 0.0625, "cuda", False)])
-def test_channels_last_hazard_names_the_strided_1x1_conv(monkeypatch, cap, width, device, unsafe):
+@pytest.mark.parametrize("cap, flags, width, device, unsafe", [
+    ("AVX2", "", 0.0625, "cpu", True), ("AVX2", "", 0.125, "cpu", False), ("AVX512", "", 0.125, "cpu", True),
+    ("AVX512", "", 0.25, "cpu", False), ("DEFAULT", "", 0.0625, "cpu", False), ("AVX2", "", 0.0625, "cuda", False),
+    ("AVX2", " fma avx2 avx512f avx512bw", 0.125, "cpu", True)])  # torch capped at AVX2, oneDNN still AVX-512
+def test_channels_last_hazard_names_the_strided_1x1_conv(monkeypatch, cap, flags, width, device, unsafe):
     """oneDNN's x86 1x1 kernel crashes in channels-last backward below its channel block (#6035)."""
+    import robustzoo.layout as layout
     from robustzoo.layout import channels_last_hazard
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cap)
+    monkeypatch.setattr(layout, "_cpu_flags", lambda: flags)
     got = channels_last_hazard(robustzoo.create_model("resnet18", width=width, in_chans=1), device)
     assert (got is not None) == unsafe
     if unsafe:
@@ -186,6 +189,7 @@ def test_channels_last_on_an_unsafe_model_warns_and_trains_in_the_default_layout
     """The width-0.0625 model crashed the process ("double free or corruption") on an AVX2 CPU with
     channels_last=True; now the request is declined with a warning and the run completes."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr("robustzoo.layout._cpu_flags", lambda: "")
     with pytest.warns(UserWarning, match=r"channels_last=True ignored: layer2\.0\.shortcut\.0"):
         res = finetune(make_model(), data, mode="adv-full", **(FAST | {"epochs": 1}), channels_last=True)
     assert res.settings["channels_last"] is False and math.isfinite(res.history[0]["loss"])
