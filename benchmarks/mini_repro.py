@@ -62,7 +62,7 @@ class Plan:
     width: float = 0.125  # 8 stem channels ("-w8-")
     pt_passes: int = 12  # passes over the pool for the single-task arms
     ens_passes: int = 12
-    ens_pool: int = 20000  # ensemble pretraining pool (60,000 does not fit: an image costs ~8x, rates.json)
+    ens_pool: int = 20000  # ensemble pretraining pool (60,000 does not fit: a step costs 8-12x)
     pool: int = 0  # 0 = all 60,000 training images
     pt_val_fraction: float = 0.02  # held out of the pool for the pretext curve (1,200 images at 60,000)
     pt_test_n: int = 1000
