@@ -134,8 +134,8 @@ def evidence_line(backbone: str) -> str:
     if not isinstance(rep, dict) or rep.get("ci_low") is None:
         return ("That is one run (one seed): read it as an anecdote; no multi-seed interval is recorded for "
                 f"{backbone}.")
-    so_far = " so far, the reproduction is still running" if rep.get("partial") else ""
-    return (f"That is one run (one seed). Over {rep['n_pairs']} paired seeds{so_far} the difference is "
+    so_far = " so far (the reproduction is still running)" if rep.get("partial") else ""
+    return (f"That is one run (one seed). Over {rep['n_pairs']} paired seeds{so_far}, the difference is "
             f"{rep['diff_mean']:+.2f} [{rep['ci_low']:+.2f}, {rep['ci_high']:+.2f}] PGD-20 points (95 % t interval; "
             f"{rep['setting']}): {VERDICT_WORDS.get(rep['verdict'], rep['verdict'])}.")
 

@@ -53,8 +53,13 @@ def test_the_single_run_is_shown_beside_the_reproductions_interval(monkeypatch):
     table = {**registry.REGISTRY, BACKBONE: with_rep}
     monkeypatch.setattr(registry, "REGISTRY", table)
     line = demo.evidence_line(BACKBONE)
-    assert "Over 8 paired seeds the difference is +1.23 [-0.50, +2.90] PGD-20 points" in line
+    assert "Over 8 paired seeds, the difference is +1.23 [-0.50, +2.90] PGD-20 points" in line
     assert "spans 0" in line and "2,000 labels" in line
+    running = {**rep, "n_pairs": 3, "partial": True}
+    monkeypatch.setattr(registry, "REGISTRY", {**table, BACKBONE: dataclasses.replace(
+        spec, metrics={**spec.metrics, "repro_vs_scratch": running})})
+    assert "Over 3 paired seeds so far (the reproduction is still running), the difference is" in \
+        demo.evidence_line(BACKBONE)
     monkeypatch.setattr(registry, "REGISTRY", {**table, BACKBONE: dataclasses.replace(spec, metrics={})})
     assert "no multi-seed interval is recorded" in demo.evidence_line(BACKBONE)
 
