@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,10 +51,7 @@ def build(plan, out: Path) -> dict:
 
 def _cpus(cells: list[dict]) -> dict:
     """Cells per processor (recorded since 2026-12-06; sessions land on different machines)."""
-    out: dict = {}
-    for c in cells:
-        out[c.get("cpu", "not recorded")] = out.get(c.get("cpu", "not recorded"), 0) + 1
-    return out
+    return dict(Counter(c.get("cpu", "not recorded") for c in cells))
 
 
 def _fmt(v, nd: int = 2) -> str:
