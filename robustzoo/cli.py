@@ -28,7 +28,8 @@ def _headline(spec) -> str:
             return f"{label}{_pct(clean)} / {_pct(robust)}"
     rep = spec.metrics.get("repro_vs_scratch")  # a backbone of the mini-reproduction: what fine-tuning from it gains
     if isinstance(rep, dict) and rep.get("ci_low") is not None:
-        return f"aft-scratch {rep['diff_mean']:+.2f} [{rep['ci_low']:+.2f}, {rep['ci_high']:+.2f}]"
+        # one decimal and no spaces keep any gain or bound within +-99.9 at 19 characters, so the table fits 100 columns
+        return f"{rep['diff_mean']:+.1f} [{rep['ci_low']:+.1f},{rep['ci_high']:+.1f}]"
     return "-"
 
 
@@ -56,8 +57,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         header = ["name", "task", "kind", "dataset", "clean / PGD-20 (%)", "status"]
     print(_table(rows, header) if rows else "no model matches")
     print(f"\n{len(rows)} of {len(list_models())} models. Accuracies in %: measured here, 'probe' = linear probe"
-          "\nof a backbone, 'paper' = reported by the paper, 'aft-scratch' = PGD-20 points that adversarial"
-          "\nfine-tuning from the backbone gains over training from scratch (mean, 95 % interval over"
+          "\nof a backbone, 'paper' = reported by the paper, '+d [lo,hi]' on a backbone = PGD-20 points that"
+          "\nadversarial fine-tuning from it gains over training from scratch (mean, 95 % interval over"
           "\npaired seeds; the mini-reproduction)."
           "\n--wide: every column; --json: for scripts.")
     return 0
@@ -162,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `robustzoo list | head`: the reader left; exit quietly like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 141
 
 
 if __name__ == "__main__":

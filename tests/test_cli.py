@@ -150,6 +150,27 @@ def test_list_fits_100_columns_with_wide_and_json():
     assert all(r["attack"]["eps"] > 0 and r["finetune_defaults"]["epochs"] > 0 for r in records)
 
 
+def test_list_headline_stays_narrow_for_any_interval_the_reproduction_can_write():
+    # CI once failed when the registry's intervals grew the column past 100 columns: bound it for all values
+    from dataclasses import replace
+
+    from robustzoo.cli import _headline
+
+    spec = next(s for s in REGISTRY.values() if s.kind == "backbone")
+    for mean, lo, hi in ((-99.94, -99.94, -99.94), (12.345, -3.0, 27.7), (0.0, -0.04, 0.04)):
+        rep = {"diff_mean": mean, "ci_low": lo, "ci_high": hi}
+        wide = replace(spec, metrics={"repro_vs_scratch": rep})
+        assert len(_headline(wide)) <= len("clean / PGD-20 (%)  "), _headline(wide)
+    assert _headline(replace(spec, metrics={"repro_vs_scratch": {"diff_mean": 6.98, "ci_low": 5.65,
+                                                                  "ci_high": 8.32}})) == "+7.0 [+5.7,+8.3]"
+
+
+def test_list_into_a_closed_pipe_exits_quietly():
+    r = subprocess.run(f"{sys.executable} -m robustzoo list | head -1", shell=True, capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.startswith("name") and "Traceback" not in r.stderr and "Error" not in r.stderr
+
+
 def test_eval_of_a_headless_backbone_says_how_to_finetune_it_first():
     line = one_line_error(rz("eval", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "32"))
     assert "headless backbone" in line and "robustzoo finetune rot-adv-r18-w8-fmnist --data fmnist-mini" in line
