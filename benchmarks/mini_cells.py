@@ -94,7 +94,7 @@ def run_finetune(cell, plan, out: Path) -> dict:
     """One arm x one seed: adversarial full fine-tuning, then the test. Resumes from its epoch checkpoint."""
     from mini_repro import commit
 
-    mode = getattr(cell, "mode", "adv-full")  # a worker started before cells had modes holds the old Cell
+    mode = cell.mode
     t0 = time.perf_counter()
     res = fit(plan, out, cell.key, cell.arm, cell.seed, cell.pretrain_seed, mode)
     train_s = time.perf_counter() - t0

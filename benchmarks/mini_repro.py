@@ -37,7 +37,6 @@ block) from whatever cells exist; MODEL_CARD.md renders its block from ``mini_re
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 import time
@@ -47,7 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mini_lib import EPS, MACHINE, ROOT, cpu_name  # noqa: E402
+import mini_queue  # noqa: E402
+from mini_lib import EPS, MACHINE, ROOT  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "repro"
 PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18"}
@@ -108,13 +108,6 @@ def commit() -> str:
     from training.checkpoint import git_commit
 
     return git_commit()
-
-
-def write_json(path: Path, obj: dict) -> None:
-    from robustzoo.weights import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 # ------------------------------------------------------------------------------------ pretraining
@@ -237,120 +230,32 @@ def run_cell(cell: Cell, plan: Plan, out: Path) -> dict:
     return fn(cell, plan, out)
 
 
-def execute(cell: Cell, plan: Plan, out: Path, worker: int) -> bool:
-    """Run one cell and write its file atomically; a cell that raises goes to ``errors/<key>.txt``."""
-    path = out / "cells" / f"{cell.key}.json"
-    print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {cell.key}", flush=True)
-    t0, c0 = time.time(), time.process_time()
-    try:
-        rec = run_cell(cell, plan, out)
-    except Exception as e:  # one broken cell must not stop the queue: record it, go on
-        (out / "errors").mkdir(exist_ok=True)
-        (out / "errors" / f"{cell.key}.txt").write_text(f"{type(e).__name__}: {e}\n")
-        print(f"[worker {worker}] FAILED {cell.key}: {type(e).__name__}: {e}", flush=True)
-        return False
-    rec.update(key=cell.key, plan=asdict(plan), worker=worker, cpu=cpu_name(), wall_seconds=round(time.time() - t0, 1),
-               cpu_seconds=round(time.process_time() - c0, 1), threads=torch.get_num_threads())
-    write_json(path, rec)
-    print(f"[worker {worker}] {time.strftime('%H:%M:%S')} done {cell.key} ({time.time() - t0:.0f}s)", flush=True)
-    return True
-
-
-def run_one(plan: Plan, out: Path, key: str) -> None:
-    """Reproduce one cell (``cell KEY``), running first whatever cells it depends on that ``out`` lacks."""
-    cells = {c.key: c for c in all_cells(plan)}
-    if key not in cells:
-        close = difflib.get_close_matches(key, list(cells), n=3)
-        raise SystemExit(f"error: no cell {key!r} in the plan{'; did you mean ' + ', '.join(close) if close else ''}"
-                         " (`python benchmarks/mini_repro.py status` lists them)")
-    for dep in cells[key].deps:
-        run_one(plan, out, dep)
-    from filelock import FileLock, Timeout
-
-    if (out / "cells" / f"{key}.json").exists():
-        return
-    for sub in ("cells", "locks"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(str(out / "locks" / f"{key}.lock"), timeout=0):
-            ok = execute(cells[key], plan, out, 0)
-    except Timeout:
-        raise SystemExit(f"error: a worker is running cell {key} in {out}; wait for it") from None
-    if not ok:
-        raise SystemExit(f"error: cell {key} failed: {(out / 'errors' / f'{key}.txt').read_text().strip()}")
+def _runner(plan: Plan, out: Path):
+    # looks run_cell up at call time, so a test can replace it
+    return lambda cell: {**run_cell(cell, plan, out), "plan": asdict(plan)}
 
 
 def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, kinds: tuple = (),
          wait: float = 0) -> int:
-    """Run cells until none is left that this worker can take; returns the number run.
-
-    A cell is taken when its file does not exist, its dependencies do, and its lock is free (the
-    other worker holds the lock of the cell it runs). Results are written atomically, so a killed
-    worker leaves no partial cell; a killed pretraining resumes from its last epoch checkpoint. A cell
-    that raises is recorded in ``errors/<key>.txt`` and skipped until that file is deleted. With
-    ``wait`` (seconds) a worker with nothing ready polls until every cell of the plan is done."""
-    from filelock import FileLock, Timeout
-
-    done = 0
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "locks").mkdir(parents=True, exist_ok=True)
-    while max_cells is None or done < max_cells:
-        ran = False
-        for cell in all_cells(plan):
-            path = out / "cells" / f"{cell.key}.json"
-            if path.exists() or (kinds and cell.kind not in kinds) or (out / "errors" / f"{cell.key}.txt").exists():
-                continue
-            if not all((out / "cells" / f"{d}.json").exists() for d in cell.deps):
-                continue
-            lock = FileLock(str(out / "locks" / f"{cell.key}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
-                if path.exists() or not execute(cell, plan, out, worker):
-                    continue
-            finally:
-                lock.release()
-            done += 1
-            ran = True
-            break
-        if not ran:
-            failed = {p.stem for p in (out / "errors").glob("*.txt")}
-            left = [c for c in all_cells(plan) if not (out / "cells" / f"{c.key}.json").exists()
-                    and (not kinds or c.kind in kinds) and not failed & {c.key, *c.deps}]
-            if not wait or not left:
-                return done
-            time.sleep(wait)  # the other worker holds, or is producing the dependencies of, what is left
-    return done
+    """Run the plan's cells in queue order until none is left that this worker can take (see
+    ``mini_queue.work``: a file and a lock per cell, so workers share the queue; a killed pretraining
+    resumes from its last epoch checkpoint); returns the number run."""
+    return mini_queue.work(all_cells(plan), _runner(plan, out), out, worker, max_cells=max_cells, kinds=kinds,
+                           wait=wait)
 
 
-def _held(out: Path, key: str) -> bool:
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(out / "locks" / f"{key}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
+def run_one(plan: Plan, out: Path, key: str) -> None:
+    """Reproduce one cell (``cell KEY``), running first whatever cells it depends on that ``out`` lacks."""
+    mini_queue.run_one(all_cells(plan), _runner(plan, out), out, key)
 
 
 def status(plan: Plan, out: Path) -> list[str]:
-    rows = []
-    for cell in all_cells(plan):
-        path = out / "cells" / f"{cell.key}.json"
-        held = (out / "locks" / f"{cell.key}.lock").exists() and _held(out, cell.key)
-        failed = (out / "errors" / f"{cell.key}.txt").exists()
-        state = "done" if path.exists() else "FAILED (errors/)" if failed else "running" if held else "ready" if all(
-            (out / "cells" / f"{d}.json").exists() for d in cell.deps) else "waiting"
-        if cell.kind == "pretrain" and state != "done":
-            m = out / "pretrain" / f"{cell.arm}-p{cell.pretrain_seed}" / "metrics.jsonl"
-            if m.exists():
-                state += f" ({len(m.read_text().splitlines())} epochs checkpointed)"
-        rows.append(f"{cell.key:40s} {state}")
-    return rows
+    def progress(cell: Cell) -> str:
+        m = out / "pretrain" / f"{cell.arm}-p{cell.pretrain_seed}" / "metrics.jsonl"
+        return f"({len(m.read_text().splitlines())} epochs checkpointed)" if cell.kind == "pretrain" and m.exists() \
+            else ""
+
+    return mini_queue.status(all_cells(plan), out, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
