@@ -21,9 +21,9 @@ are in benchmarks/RESULTS.md, section "Mini-reproduction"):
 
 Every cell is one JSON file under ``benchmarks/repro/cells`` (atomic, tagged with the commit and
 the recipe); ``work`` runs the next cell nobody holds (a file lock per cell, so 2 workers share the
-queue) and resumes a cut-off pretraining from its per-epoch checkpoint; ``merge`` builds
-``benchmarks/mini_repro.json``/``.png``/``.md`` (and with ``--update-results`` the RESULTS.md
-block) from whatever cells exist; MODEL_CARD.md renders its block from ``mini_repro.md``.
+queue) and resumes a cut-off pretraining from its checkpoint (every epoch and every 5 minutes);
+``merge`` builds ``benchmarks/mini_repro.json``/``.png``/``.md`` (and with ``--update-results`` the
+RESULTS.md block) from whatever cells exist; MODEL_CARD.md renders its block from ``mini_repro.md``.
 
     python benchmarks/mini_repro.py rates                     # measured step rates for the budget
     nice -n 19 python benchmarks/mini_repro.py work --worker 0 &

@@ -171,13 +171,13 @@ def _better(run: Run, value: float) -> bool:
 
 def run_iterations(n: int, optimizer: torch.optim.Optimizer, step: Callable[[int], None], *,
                    lr_at: Callable[[int], float], desc: str, live: bool,
-                   postfix: Callable[[], str] | None = None) -> float:
+                   postfix: Callable[[], str] | None = None, start: int = 0) -> float:
     """The inner loop both trainers share (fine-tuning here, pretraining in ``training/pretrain.py``):
     for each of ``n`` iterations set the learning rate ``lr_at(i)``, then run ``step(i)``, the one
     thing the two loops do differently. A tqdm bar only when ``live`` (a terminal), its text from
-    ``postfix()`` every 10 iterations. Returns the last learning rate."""
+    ``postfix()`` every 10 iterations; ``start`` > 0 continues a resumed epoch. Returns the last learning rate."""
     lr = float("nan")
-    bar = tqdm(range(n), desc=desc, disable=not live, leave=False)
+    bar = tqdm(range(start, n), desc=desc, disable=not live, leave=False, initial=start, total=n)
     for i in bar:
         lr = lr_at(i)
         for group in optimizer.param_groups:

@@ -142,8 +142,8 @@ def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path, mon
     b = replace(recipe, out_dir=str(tmp_path / "b"))
     original = pretrain_mod._save
 
-    def killed_after_epoch_1(path, model, best, opt, state, fingerprint):
-        original(path, model, best, opt, state, fingerprint)
+    def killed_after_epoch_1(path, model, best, opt, state, fingerprint, extra=None):
+        original(path, model, best, opt, state, fingerprint, extra)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pretrain_mod, "_save", killed_after_epoch_1)
@@ -159,6 +159,32 @@ def test_pretrain_writes_everything_and_resumes_to_the_same_result(tmp_path, mon
 
     with pytest.raises(CheckpointError, match=r"different run: recipe\.lr: 0\.1 in the checkpoint, 0\.05 now"):
         pretrain(replace(b, lr=0.05), resume=True)
+
+
+@pytest.mark.parametrize("name", ["ens-adv-r18", "selfie-adv-r18"])  # every pretext generator; dropout
+def test_pretrain_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, name):
+    recipe = resolve(name, [*TINY, "--epochs=2", "--subset=80", f"--out_dir={tmp_path / 'a'}"])
+    pretrain(recipe, save_every_s=0)  # the reference: epoch checkpoints only
+    b = replace(recipe, out_dir=str(tmp_path / "b"))
+    original, saved = pretrain_mod._save, []
+
+    def killed_inside_epoch_1(path, model, best, opt, state, fingerprint, extra=None):
+        original(path, model, best, opt, state, fingerprint, extra)
+        saved.append((state["epoch"], state.get("it")))
+        if state.get("it") == 2 and state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_mod, "_save", killed_inside_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(b, save_every_s=1e-9)  # a checkpoint after every iteration
+    assert (0, 1) in saved and saved[-1] == (1, 2)  # mid-epoch checkpoints of both epochs, killed in the second
+    monkeypatch.setattr(pretrain_mod, "_save", original)
+    pretrain(b, resume=True)
+    ta, tb = _tensors(tmp_path / "a" / "pretext.safetensors"), _tensors(tmp_path / "b" / "pretext.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    keep = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    rows = [[keep(json.loads(x)) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ab"]
+    assert rows[0] == rows[1] and len(rows[0]) == 2  # the resumed epoch's sums continued too
 
 
 def test_pretrain_rejects_classifier_recipes():

@@ -5,14 +5,16 @@
 
 Reads top to bottom: setup, data, model, optimiser, loop, eval, save. The run directory
 (``--out_dir``, default ``runs/<recipe>``) receives ``recipe.json`` (resolved recipe + git commit),
-``metrics.jsonl`` (one line per epoch), ``report.json``, ``ckpt.safetensors`` (atomic, every epoch:
-model, best model, optimiser, epoch; the RNG streams are a function of (seed, epoch, rank), so a
-killed run resumes with ``--resume`` to the same result), ``model.safetensors`` + ``config.json``
-(the headless backbone, :func:`robustzoo.save_pretrained`) and ``pretext.safetensors`` (backbone
-+ task head, for pretext evaluation). Only rank 0 writes.
+``metrics.jsonl`` (one line per epoch), ``report.json``, ``ckpt.safetensors`` (atomic, every epoch
+and, on one process, every 5 minutes inside an epoch: model, best model, optimiser, epoch, and
+inside an epoch the iteration, generator states and running sums; the RNG streams are a function of
+(seed, epoch, rank), so a killed run resumes with ``--resume`` to the same result),
+``model.safetensors`` + ``config.json`` (the headless backbone, :func:`robustzoo.save_pretrained`)
+and ``pretext.safetensors`` (backbone + task head, for pretext evaluation). Only rank 0 writes.
 
 Data live on the device as uint8 tensors; crop-with-padding and flip run there, vectorised. No
-host sync inside an epoch: metrics accumulate on the device and are read once per epoch.
+host sync inside an epoch but the 5-minute checkpoint: metrics accumulate on the device and are read
+once per epoch.
 Data parallel: each rank computes its slice of every global batch (labels and augmentation are
 drawn for the whole batch from the same seed on every rank), gradients are averaged with one
 flat all-reduce after backward (not the DDP wrapper: its reducer does not support the ensemble's
@@ -72,12 +74,15 @@ from training.tasks import PretextModel, make_task  # noqa: E402
 # ------------------------------------------------------------------------------------------ main
 
 
-def pretrain(recipe: Recipe, *, resume: bool = False) -> dict:
+def pretrain(recipe: Recipe, *, resume: bool = False, save_every_s: float = 300) -> dict:
     """Run one pretext pretraining; returns the report (also written to ``report.json``).
 
     ``resume`` continues from ``<out_dir>/ckpt.safetensors`` when it exists, after verifying it
     (:func:`robustzoo.checkpoint.load_checkpoint`: content hash, then the run's fingerprint: recipe,
     model, starting weights, data). One run per folder: a second process gets a ``CheckpointError``.
+    The checkpoint is written after every epoch and, on one process, also every ``save_every_s``
+    seconds inside an epoch (0: only after epochs), with the epoch's generator states and running
+    sums, so a run killed mid-epoch resumes to exactly the result of an uninterrupted one.
     """
     if recipe.kind != "backbone" or recipe.task == "none":
         raise RecipeError(f"{recipe.name!r} is not a pretext recipe (kind={recipe.kind}); use reproduce.py")
@@ -86,7 +91,7 @@ def pretrain(recipe: Recipe, *, resume: bool = False) -> dict:
     if recipe.batch_size % world:
         raise RecipeError(f"batch_size {recipe.batch_size} is not divisible by the {world} ranks")
     with RunLock(out) if rank == 0 else contextlib.nullcontext():
-        return _pretrain(recipe, resume, out, device, rank, world)
+        return _pretrain(recipe, resume, out, device, rank, world, save_every_s)
 
 
 def _build(recipe: Recipe, device, world: int, cl: bool) -> PretextModel:
@@ -106,25 +111,32 @@ def _build(recipe: Recipe, device, world: int, cl: bool) -> PretextModel:
     return model
 
 
-def _save(path: Path, model, best: dict, opt, state: dict, fingerprint: dict) -> None:
+def _save(path: Path, model, best: dict, opt, state: dict, fingerprint: dict, extra: dict | None = None) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best/{k}": v for k, v in best.items()})
     optim, packed = pack_optimizer(opt)
     tensors.update(optim)
     tensors.update(capture_rng({}))  # torch's global RNG (dropout); the epoch generators are re-seeded
+    tensors.update(extra or {})  # mid-epoch: the epoch's generators and running sums
     save_checkpoint(path, tensors, dict(state, optimizer=packed), fingerprint)
 
 
-def _restore(path: Path, model, opt, fingerprint: dict) -> tuple[dict, dict]:
+def _restore(path: Path, model, opt, fingerprint: dict) -> tuple[dict, dict, dict | None]:
+    """Weights, optimiser and RNG back from the checkpoint; returns the best weights, the state, and
+    for a mid-epoch checkpoint what the epoch needs to go on (iteration, seconds so far, tensors)."""
     ckpt = load_checkpoint(path, fingerprint)  # verified before anything touches the model
     model.load_state_dict(prefixed(ckpt.tensors, "model"))
     unpack_optimizer(opt, ckpt.tensors, ckpt.state.pop("optimizer"))
     restore_rng({}, ckpt.tensors)
     device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in prefixed(ckpt.tensors, "best").items()}, ckpt.state
+    mid = None
+    if ckpt.state.get("it"):
+        mid = dict(it=ckpt.state["it"], seconds=ckpt.state["seconds"],
+                   tensors={k: v for k, v in ckpt.tensors.items() if k.startswith(("rng/", "mid/"))})
+    return {k: v.to(device) for k, v in prefixed(ckpt.tensors, "best").items()}, ckpt.state, mid
 
 
-def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world: int) -> dict:
+def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world: int, save_every_s: float) -> dict:
     amp = device.type == "cuda" and recipe.bf16
     cl = device.type == "cuda" and recipe.channels_last
     if rank == 0:
@@ -150,19 +162,29 @@ def _pretrain(recipe: Recipe, resume: bool, out: Path, device, rank: int, world:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                           weight_decay=recipe.weight_decay)
-    start, history = 0, []
+    start, history, mid = 0, [], None
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_score, best_epoch = -1.0, -1
     ckpt = out / CHECKPOINT_NAME
     if resume and ckpt.is_file():
-        best, state = _restore(ckpt, model, opt, fingerprint)
+        best, state, mid = _restore(ckpt, model, opt, fingerprint)
         start, history, best_score, best_epoch = state["epoch"], state["history"], state["best"], state["best_epoch"]
 
     # loop
     t_start = time.time()
     for epoch in range(start, recipe.epochs):
-        t0 = time.time()
-        stats, lr = _train_epoch(model, opt, params, recipe, x_train, epoch, shard, rank, world, amp=amp, cl=cl)
+        t0 = time.time() - (mid["seconds"] if mid else 0)
+        at = dict(epoch=epoch, history=history, best=best_score, best_epoch=best_epoch)
+
+        def save_mid(it: int, gens: dict, stats, at=at, t0=t0, best=best) -> None:  # a checkpoint inside the epoch
+            _save(ckpt, model, best, opt, dict(at, it=it, seconds=time.time() - t0), fingerprint,
+                  extra={**capture_rng(gens), "mid/stats": stats})
+
+        # DDP runs save per epoch only: every rank's attack generator would have to be gathered
+        saver = (save_every_s, save_mid) if save_every_s > 0 and world == 1 else None
+        stats, lr = _train_epoch(model, opt, params, recipe, x_train, epoch, shard, rank, world, amp=amp, cl=cl,
+                                 mid=mid, saver=saver)
+        mid = None
 
         # eval: one host sync per epoch
         if world > 1:
@@ -208,9 +230,11 @@ def _test_report(model, best: dict, recipe: Recipe, device, evaluation: dict, ou
 
 
 def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard: slice, rank: int, world: int, *,
-                 amp: bool, cl: bool):
+                 amp: bool, cl: bool, mid: dict | None = None, saver: tuple | None = None):
     """One epoch of :func:`training.step.train_step` through the loop fine-tuning uses too
-    (:func:`robustzoo.trainer.run_iterations`); returns the device-side sums and the last lr."""
+    (:func:`robustzoo.trainer.run_iterations`); returns the device-side sums and the last lr.
+    ``mid`` (from a mid-epoch checkpoint) continues the epoch at its iteration; ``saver`` =
+    (seconds, save) calls ``save(iteration, generators, sums)`` that often."""
     device, bs = x_train.device, recipe.batch_size
     model.train()
     g = generator(device, recipe.seed, epoch)  # augmentation + pretext labels: same on every rank
@@ -218,9 +242,15 @@ def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard:
     torch.manual_seed(hash((recipe.seed, epoch, rank)) % (2**62))  # dropout (selfie transformer)
     order = torch.randperm(len(x_train), generator=g, device=device)
     stats = torch.zeros(2, len(model.task.metric_names) + 1, device=device)
-    iters = len(x_train) // bs
+    iters, first = len(x_train) // bs, 0
+    if mid is not None:  # after the order is drawn: the generators as they were at iteration mid["it"]
+        first = mid["it"]
+        restore_rng({"aug": g, "atk": g_atk}, mid["tensors"])
+        stats.copy_(mid["tensors"]["mid/stats"])
+    last_save = time.time()
 
     def step(it: int) -> None:  # pretraining's step: the pretext batch, (PGD), one SGD step
+        nonlocal last_save
         x = augment(x_train[order[it * bs:(it + 1) * bs]], g, padding=recipe.crop_pad, flip=recipe.flip)
         clean, robust = train_step(model, opt, params, recipe.attack, x, g, g_atk, shard, amp=amp, cl=cl, world=world)
         stats[0, 0] += clean[0]
@@ -228,8 +258,11 @@ def _train_epoch(model, opt, params, recipe: Recipe, x_train, epoch: int, shard:
         if robust is not None:
             stats[1, 0] += robust[0]
             stats[1, 1:] += robust[1]
+        if saver and it + 1 < iters and time.time() - last_save >= saver[0]:  # the epoch's end saves anyway
+            saver[1](it + 1, {"aug": g, "atk": g_atk}, stats)
+            last_save = time.time()
 
-    lr = run_iterations(iters, opt, step, lr_at=lambda it: lr_at(recipe.optim, epoch, it, iters),
+    lr = run_iterations(iters, opt, step, lr_at=lambda it: lr_at(recipe.optim, epoch, it, iters), start=first,
                         desc=f"epoch {epoch}", live=recipe.progress and rank == 0 and sys.stderr.isatty())
     return stats, lr
 
