@@ -107,7 +107,9 @@ def markdown(res: dict) -> str:
         f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
         "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
         "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
-        "below 0 on the claimed side; inconclusive = it spans 0.", "", scope(p), "", *pt, "", *rows, "",
+        "below 0 on the claimed side; inconclusive = it spans 0. Claim 2: a seed whose arm never reaches the "
+        f"target within {p['ft_epochs']} epochs ('>{p['ft_epochs']}') counts as {p['ft_epochs'] + 1}, a lower "
+        "bound, which can only favour that arm.", "", scope(p), "", *pt, "", *rows, "",
         *(modes + [""] if len(modes) > 2 else []), *comp, "", *aa, "",
         "![paired differences with 95% intervals; pretext curves](mini_repro.png)"])
 
