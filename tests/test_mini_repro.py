@@ -252,3 +252,21 @@ def test_backbones_carry_the_reproductions_interval_versus_scratch(tmp_path):
     assert rep["n_pairs"] == 6 and rep["verdict"] == "holds" and rep["ci_low"] > 0 and not rep["partial"]
     assert "benchmarks/mini_repro.py" in rep["setting"]
     assert versus_scratch("rot-adv", PLAN, tmp_path / "nothing") is None
+
+
+def test_the_committed_results_are_what_the_committed_cells_give():
+    """benchmarks/mini_repro.json is the merge of benchmarks/repro/cells (run merge after adding cells), and
+    every claim-1 interval in it is recomputed from its own cell records with the paired t."""
+    committed = json.loads((Path(mini_repro.ROOT) / "benchmarks" / "mini_repro.json").read_text())
+    fresh = build(mini_repro.Plan(), mini_repro.OUT)
+    assert fresh["cells_done"] == committed["cells_done"], "new cells: run python benchmarks/mini_repro.py merge"
+    assert fresh["cells"] == committed["cells"] and fresh["comparisons"] == committed["comparisons"]
+    pgd = {(c["arm"], c["seed"], c["mode"]): c["pgd20"] for c in committed["cells"]}
+    for comp in committed["comparisons"]:
+        arm, _, base = comp["comparison"].partition(" - ")
+        if base != "scratch" or ":" in arm or comp["n_pairs"] < 2:  # claim 1 (not epochs:, table: rows)
+            continue
+        diffs = [pgd[arm, s, "adv-full"] - pgd["scratch", s, "adv-full"] for (a, s, m) in pgd
+                 if a == arm and m == "adv-full" and ("scratch", s, "adv-full") in pgd]
+        assert len(diffs) == comp["n_pairs"]
+        assert paired_t(diffs)[1:] == pytest.approx((comp["ci_low"], comp["ci_high"]), abs=1e-3)
