@@ -213,6 +213,7 @@ def test_reproduce_cli(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*exists and resume=False")  # an ensemble reproduced its members already
 @pytest.mark.parametrize("name", sorted(n for n, s in REGISTRY.items() if not s.embedded))
 def test_reproduce_every_registry_name(name, tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "zoo"  # shared: parents are reused across names
