@@ -144,13 +144,23 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     shutil.copyfile(weights, folder / "model.safetensors")
     m = metrics(cell, aa_cells, plan, out)
     prov = {"code_commit": cell["commit"], "cell": cell["key"], "recipe": cell["recipe"],
-            "overrides": cell.get("overrides", {}), "machine": cell["machine"], "date": cell["date"],
+            "overrides": _portable(cell.get("overrides", {})), "machine": cell["machine"], "date": cell["date"],
             "command": record(name, entry, plan)["reproduce"],
             "data": f"Fashion-MNIST training set: {cell['pool']:,} images, labels unused" if cell["kind"] == "pretrain"
             else f"Fashion-MNIST training set: {plan.labels:,} labeled images drawn by seed {cell['seed']}"}
     for fname, value in (("metrics.json", m), ("provenance.json", prov), ("record.json", record(name, entry, plan))):
         (folder / fname).write_text(json.dumps(value, indent=1) + "\n")
     return folder
+
+
+def _portable(overrides: dict) -> dict:
+    """The cell's overrides with its run folder relative to the repository: no machine's paths in the registry."""
+    from mini_lib import ROOT
+
+    run = Path(overrides.get("out_dir", ""))
+    if run.is_absolute():
+        overrides = {**overrides, "out_dir": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else run.name}
+    return overrides
 
 
 def release_zoo(plan, out: Path, *, registry: str | None = None, dry_run: bool = False) -> list[str]:

@@ -230,6 +230,7 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     assert old not in specs and not (reg.parent / f"{old}.safetensors").exists()
     assert json.loads((reg.parent / "retired.json").read_text())[old]["successor"] == "rot-adv-r18-w4-fmnist"
     assert aft.reproduce == "python benchmarks/mini_repro.py cell ft-rot-adv-p0-s0-n64 --out runs/repro"
+    assert str(tmp_path) not in reg.read_text()  # no machine's paths in what users read
     before = reg.read_text()
     release_zoo(mini_repro.SMOKE, out, registry=str(reg))
     assert reg.read_text() == before
