@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from mini_cells import backbone_path
-from mini_lib import EPS
+from mini_lib import EPS, ROOT
 from mini_stats import aa_records
 
 from robustzoo.registry import TASK_TAGS
@@ -155,8 +155,6 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
 
 def _portable(overrides: dict) -> dict:
     """The cell's overrides with its run folder relative to the repository: no machine's paths in the registry."""
-    from mini_lib import ROOT
-
     run = Path(overrides.get("out_dir", ""))
     if run.is_absolute():
         overrides = {**overrides, "out_dir": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else run.name}
