@@ -18,15 +18,18 @@ from mini_lib import EPS, MACHINE, ROOT
 ALPHA_EVAL = 0.025  # PGD-20 step (eps / 4)
 
 
-def labeled_split(plan, seed: int) -> tuple[tuple, tuple]:
-    """(train, val) labeled subsets of the 60,000 training images, disjoint, drawn by ``seed`` only.
+def labeled_split(plan, seed: int, labels: int = 0) -> tuple[tuple, tuple]:
+    """(train, val) labeled subsets of the 60,000 training images, disjoint, drawn by ``seed`` only:
+    ``labels`` (default ``plan.labels``) training images, then ``plan.val_labels`` validation images.
 
-    The test set is a different file, so both are disjoint from it by construction."""
+    The same seed draws the same permutation at every budget, so the smaller training subset is the
+    start of the larger one. The test set is a different file, so both are disjoint from it."""
     from robustzoo.fmnist import load_fashion_mnist
 
     x, y = load_fashion_mnist("train")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(10_000 + seed))
-    tr, va = idx[: plan.labels], idx[plan.labels: plan.labels + plan.val_labels]
+    n = labels or plan.labels
+    tr, va = idx[:n], idx[n: n + plan.val_labels]
     return (x[tr], y[tr]), (x[va], y[va])
 
 
@@ -78,10 +81,11 @@ def test_model(model, plan, seed: int) -> dict:
             "eval_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def fit(plan, out: Path, key: str, arm: str, seed: int, pseed: int | None, mode: str = "adv-full"):
+def fit(plan, out: Path, key: str, arm: str, seed: int, pseed: int | None, mode: str = "adv-full",
+        labels: int = 0):
     from robustzoo.finetuning import finetune
 
-    train, val = labeled_split(plan, seed)
+    train, val = labeled_split(plan, seed, labels)
     model = initial_model(plan, out, arm, seed, pseed)
     return finetune(model, train, mode=mode, val_data=val, epochs=plan.ft_epochs, steps=plan.steps,
                     alpha=plan.alpha, eps=EPS, eval_steps=plan.val_steps, seed=seed, lr=plan.ft_lr,
@@ -94,12 +98,12 @@ def run_finetune(cell, plan, out: Path) -> dict:
     """One arm x one seed: adversarial full fine-tuning, then the test. Resumes from its epoch checkpoint."""
     from mini_repro import commit
 
-    mode = cell.mode
+    mode, labels = cell.mode, cell.labels or plan.labels
     t0 = time.perf_counter()
-    res = fit(plan, out, cell.key, cell.arm, cell.seed, cell.pretrain_seed, mode)
+    res = fit(plan, out, cell.key, cell.arm, cell.seed, cell.pretrain_seed, mode, labels)
     train_s = time.perf_counter() - t0
     rec = {"kind": "finetune", "arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": cell.seed,
-           "labels": plan.labels, "mode": mode, "commit": commit(),
+           "labels": labels, "mode": mode, "commit": commit(),
            "recipe": {"pretrain_cell": None if cell.pretrain_seed is None else f"pt-{cell.arm}-p{cell.pretrain_seed}",
                       "finetune": {k: v for k, v in res.settings.items() if k not in ("versions",)}},
            "history": [{k: r[k] for k in ("epoch", "loss", "val_clean", "val_robust", "seconds")}
@@ -110,7 +114,7 @@ def run_finetune(cell, plan, out: Path) -> dict:
 
     # kept (and committed): the seed-0 classifiers (AutoAttack, the zoo entries) and every ensemble member,
     # whose ens-ft cell may run sessions later on another machine, where a refit is not bit-exact
-    if mode == "adv-full" and (cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS):
+    if (mode, labels) == ("adv-full", plan.labels) and (cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS):
         keep = kept_path(out, cell.arm, cell.seed, plan.labels)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path(out, cell.key), keep)

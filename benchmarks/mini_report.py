@@ -46,7 +46,7 @@ def build(plan, out: Path) -> dict:
             "merged": time.strftime("%Y-%m-%d %H:%M"),
             "plan": asdict(plan), "interval": "95% Student-t on the paired differences over fine-tuning seeds",
             "pretraining": pretrain_records(kinds["pretrain"]), "cells": records,
-            "comparisons": comparisons(records), "autoattack": aa_records(kinds["aa"])}
+            "comparisons": comparisons(records, plan.labels), "autoattack": aa_records(kinds["aa"])}
 
 
 def _cpus(cells: list[dict]) -> dict:
@@ -65,7 +65,7 @@ def markdown(res: dict) -> str:
     rows = ["| arm | seeds | clean (mean) | PGD-20 (mean) | epochs to scratch's final val RA |",
             "|---|---|---|---|---|"]
     for arm in ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv", "ens-ft"):
-        cs = [c for c in res["cells"] if c["arm"] == arm and c["mode"] == "adv-full"]
+        cs = [c for c in res["cells"] if (c["arm"], c["mode"], c["labels"]) == (arm, "adv-full", p["labels"])]
         if cs:
             ett = [str(c["epochs_to_target"]) if c["epochs_reached"] else f">{p['ft_epochs']}" for c in cs
                    if c["epochs_to_target"] is not None]
@@ -75,10 +75,21 @@ def markdown(res: dict) -> str:
     if any(c["mode"] != "adv-full" for c in res["cells"]):
         for arm in p.get("mode_arms", ()):
             for mode in ("adv-full", *p.get("extra_modes", ())):
-                cs = [c for c in res["cells"] if (c["arm"], c["mode"]) == (arm, mode) and c["seed"] in p["mode_seeds"]]
+                cs = [c for c in res["cells"] if (c["arm"], c["mode"], c["labels"]) == (arm, mode, p["labels"])
+                      and c["seed"] in p["mode_seeds"]]
                 if cs:
                     modes.append(f"| {arm} | {mode} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
                                  f"{statistics.fmean(c['pgd20'] for c in cs):.2f} |")
+    more = ["| arm | labels | seeds | clean (mean) | PGD-20 (mean) | epochs to scratch's final val RA |",
+            "|---|---|---|---|---|---|"]
+    for n in sorted({c["labels"] for c in res["cells"]} - {p["labels"]}):
+        for arm in p.get("more_labels_arms", ()):
+            cs = [c for c in res["cells"] if (c["arm"], c["mode"], c["labels"]) == (arm, "adv-full", n)]
+            if cs:
+                ett = [str(c["epochs_to_target"]) if c["epochs_reached"] else f">{p['ft_epochs']}" for c in cs
+                       if c["epochs_to_target"] is not None]
+                more.append(f"| {arm} | {n:,} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
+                            f"{statistics.fmean(c['pgd20'] for c in cs):.2f} | {', '.join(ett) or '-'} |")
     comp = ["| comparison | claim | pairs | mean diff | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     for c in res["comparisons"]:
         unit = " ep" if c["metric"] == "epochs_to_target" else " pt"
@@ -110,7 +121,7 @@ def markdown(res: dict) -> str:
         "below 0 on the claimed side; inconclusive = it spans 0. Claim 2: a seed whose arm never reaches the "
         f"target within {p['ft_epochs']} epochs ('>{p['ft_epochs']}') counts as {p['ft_epochs'] + 1}, a lower "
         "bound, which can only favour that arm.", "", scope(p), "", *pt, "", *rows, "",
-        *(modes + [""] if len(modes) > 2 else []), *comp, "", *aa, "",
+        *(modes + [""] if len(modes) > 2 else []), *(more + [""] if len(more) > 2 else []), *comp, "", *aa, "",
         "![paired differences with 95% intervals; pretext curves](mini_repro.png)"])
 
 
@@ -120,11 +131,20 @@ def scope(p: dict) -> str:
     return (f"Scope: the single-task arms pretrain on all {pool} training images (labels unused); the ensemble "
             f"pretrains on a random {p['ens_pool']:,} of them, drawn with the pretraining seed (a step costs 8-12x a "
             "single adversarial task's, benchmarks/RESULTS.md, so 60,000 images do not fit the budget). "
-            f"Every figure is on {p['labels']:,} labels; the claims use adversarial full fine-tuning. The paper's "
+            f"Every figure is on {p['labels']:,} labels unless a row says otherwise; the claims use adversarial full "
+            "fine-tuning. The paper's "
             f"other modes, {' and '.join(p.get('extra_modes', ())) or 'none'} (standard cross-entropy; partial "
             f"trains layer4 and the head), run last, only for {', '.join(p.get('mode_arms', ()))} on seeds "
-            f"{', '.join(map(str, p.get('mode_seeds', ())))} (rows 'table:'). Not run, for the budget: a second, "
-            "larger label budget.")
+            f"{', '.join(map(str, p.get('mode_seeds', ())))} (rows 'table:'). {more_labels_scope(p)}")
+
+
+def more_labels_scope(p: dict) -> str:
+    if not p.get("more_labels_seeds"):
+        return "Not run, for the budget: a second, larger label budget."
+    return (f"A second label budget, {p['more_labels']:,} labels (the same seed's permutation, so it contains the "
+            f"{p['labels']:,}), runs last for {' and '.join(p['more_labels_arms'])} on seeds "
+            f"{', '.join(map(str, p['more_labels_seeds']))} (rows ', {p['more_labels']:,} labels'); fewer seeds, so "
+            "wider intervals.")
 
 
 def plot(res: dict, path: Path) -> None:

@@ -17,7 +17,8 @@ are in benchmarks/RESULTS.md, section "Mini-reproduction"):
 * test: clean and PGD-20 (eval mode, step 0.025) on all 10,000 test images per cell; AutoAttack on
   a fixed subset for the seed-0 model of each arm, in chunks (``benchmarks/aa_chunks.py`` style);
 * last, the paper's other fine-tuning modes (standard partial and full) for the rot-std and rot-adv
-  backbones on ``Plan.mode_seeds``, compared apart from the three claims.
+  backbones on ``Plan.mode_seeds``, then a second label budget (``Plan.more_labels``) for rot-adv
+  vs scratch on ``Plan.more_labels_seeds``, both compared apart from the three claims.
 
 Every cell is one JSON file under ``benchmarks/repro/cells`` (atomic, tagged with the commit and
 the recipe); ``work`` runs the next cell nobody holds (a file lock per cell, so 2 workers share the
@@ -86,6 +87,10 @@ class Plan:
     extra_modes: tuple = ("partial", "full")
     mode_arms: tuple = ("rot-std", "rot-adv")
     mode_seeds: tuple = (0, 1, 2, 3)
+    # a second, larger label budget for the headline comparison (rot-adv vs scratch), on fewer seeds, last
+    more_labels: int = 10000
+    more_labels_arms: tuple = ("scratch", "rot-adv")
+    more_labels_seeds: tuple = (0, 1, 2, 3)
 
     def pretrain_seed(self, seed: int, arm: str) -> int | None:
         """Fine-tuning seed -> pretraining seed of its backbone (alternating, so both are covered)."""
@@ -96,11 +101,12 @@ class Plan:
 
 SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt_val_fraction=0.1, pt_test_n=32,
              pt_batch=32, pt_seeds=(0,), labels=64, val_labels=32, ft_seeds=(0,), ft_epochs=1, ft_batch=32,
-             val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=())
+             val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=(), more_labels=128,
+             more_labels_seeds=())
 
 
 
-EPILOG = ("Runtime: about 20 CPU hours in all, as resumable cells of minutes each (work); status and merge take"
+EPILOG = ("Runtime: about 16 CPU hours in all, as resumable cells of minutes each (work); status and merge take"
           " seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
           "benchmarks/mini_repro.json/.md/.png.")
 
@@ -167,15 +173,17 @@ class Cell:
     start: int = 0  # aa chunks
     end: int = 0
     mode: str = "adv-full"  # fine-tuning mode of a finetune cell
+    labels: int = 0  # labeled images of a finetune cell (0: the plan's main budget, Plan.labels)
 
 
 def pt_key(arm: str, pseed: int) -> str:
     return f"pt-{arm}-p{pseed}"
 
 
-def ft_key(arm: str, seed: int, plan: Plan, mode: str = "adv-full") -> str:
+def ft_key(arm: str, seed: int, plan: Plan, mode: str = "adv-full", labels: int = 0) -> str:
     p = plan.pretrain_seed(seed, arm)
-    return f"ft-{arm}{'' if p is None else f'-p{p}'}-s{seed}-n{plan.labels}{'' if mode == 'adv-full' else f'-{mode}'}"
+    return (f"ft-{arm}{'' if p is None else f'-p{p}'}-s{seed}-n{labels or plan.labels}"
+            f"{'' if mode == 'adv-full' else f'-{mode}'}")
 
 
 def all_cells(plan: Plan) -> list[Cell]:
@@ -183,8 +191,8 @@ def all_cells(plan: Plan) -> list[Cell]:
     then the first fine-tuning seed (whose classifiers become zoo entries, so they exist early), then
     the other pretraining seeds' single-task backbones and the remaining fine-tuning seeds (so the
     single-task comparisons complete early), then the other seeds' ensemble pretraining (3.5 CPU h
-    each), then AutoAttack, then the secondary fine-tuning modes. Fine-tuning cells whose backbone is not
-    there yet are skipped until it is."""
+    each), then AutoAttack, then the secondary fine-tuning modes, then the larger label budget. Fine-tuning
+    cells whose backbone is not there yet are skipped until it is."""
     def pretrain_cells(pseed: int, arms: tuple) -> list[Cell]:
         return [Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed) for arm in arms]
 
@@ -218,6 +226,11 @@ def all_cells(plan: Plan) -> list[Cell]:
                 p = plan.pretrain_seed(seed, arm)
                 cells.append(Cell(ft_key(arm, seed, plan, mode), "finetune", arm, seed, p, deps=(pt_key(arm, p),),
                                   mode=mode))
+    for seed in plan.more_labels_seeds:
+        for arm in plan.more_labels_arms:
+            p = plan.pretrain_seed(seed, arm)
+            cells.append(Cell(ft_key(arm, seed, plan, labels=plan.more_labels), "finetune", arm, seed, p,
+                              deps=() if p is None else (pt_key(arm, p),), labels=plan.more_labels))
     return cells
 
 

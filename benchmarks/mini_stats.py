@@ -69,13 +69,15 @@ def epochs_to_reach(history: list[dict], target: float) -> int | None:
 
 
 def cell_records(cells: list[dict], ft_epochs: int) -> list[dict]:
-    """One record per fine-tuning/ensemble cell, with claim 2's epochs to scratch's final val robust acc."""
-    target = {c["seed"]: c["history"][-1]["val_robust"] for c in cells if c["arm"] == "scratch" and c["history"]}
+    """One record per fine-tuning/ensemble cell, with claim 2's epochs to scratch's final val robust acc
+    (scratch at the same seed and label budget)."""
+    target = {(c["seed"], c["labels"]): c["history"][-1]["val_robust"] for c in cells
+              if c["arm"] == "scratch" and c["mode"] == "adv-full" and c["history"]}
     out = []
-    for c in sorted(cells, key=lambda c: (c["seed"], c["arm"], c["mode"])):
+    for c in sorted(cells, key=lambda c: (c["labels"], c["seed"], c["arm"], c["mode"])):
         ett = None
-        if c["history"] and c["seed"] in target and c["mode"] == "adv-full":
-            e = epochs_to_reach(c["history"], target[c["seed"]])
+        if c["history"] and (c["seed"], c["labels"]) in target and c["mode"] == "adv-full":
+            e = epochs_to_reach(c["history"], target[c["seed"], c["labels"]])
             ett = ft_epochs + 1 if e is None else e  # not reached: censored at E + 1 (a lower bound)
         out.append({"arm": c["arm"], "pretrain_seed": c.get("pretrain_seed"), "seed": c["seed"],
                     "labels": c["labels"], "mode": c["mode"], "clean": round(c["clean"], 2),
@@ -111,11 +113,13 @@ def _compare(name: str, claim: str, pairs: list[tuple[dict, dict]], metric: str,
             "verdict": verdict(lo, hi, lower_is_better=lower_is_better)}
 
 
-def comparisons(records: list[dict]) -> list[dict]:
+def comparisons(records: list[dict], labels: int) -> list[dict]:
     """Claims 1-3 as paired comparisons (best single pretext / best member picked per seed on validation)
-    on the adversarial full fine-tuning cells, then the secondary fine-tuning modes."""
+    on the adversarial full fine-tuning cells with ``labels`` labels, then the secondary fine-tuning
+    modes, then claims 1-2 for rot-adv at any larger label budget."""
     other = [r for r in records if r["mode"] != "adv-full"]
-    records = [r for r in records if r["mode"] == "adv-full"]
+    more = [r for r in records if r["mode"] == "adv-full" and r["labels"] != labels]
+    records = [r for r in records if r["mode"] == "adv-full" and r["labels"] == labels]
     arm = {a: _by_seed(records, a) for a in {r["arm"] for r in records}}
     pair = lambda a, b: [(arm[a][s], arm[b][s]) for s in sorted(arm.get(a, {})) if s in arm.get(b, {})]  # noqa: E731
     out = []
@@ -137,7 +141,21 @@ def comparisons(records: list[dict]) -> list[dict]:
     best = [(arm["ens-ft"][s], _best_by_val(records, ("rot-adv", "jig-adv", "ens-adv"), s)) for s in seeds]
     out.append(_compare("ens-ft - best member", "3b: the fine-tuned 3-model softmax ensemble beats its best member",
                         [(a, b) for a, b in best if b is not None], "pgd20"))
-    return out + mode_comparisons(other, arm) if other else out
+    return out + (mode_comparisons(other, arm) if other else []) + more_labels_comparisons(more)
+
+
+def more_labels_comparisons(more: list[dict]) -> list[dict]:
+    """rot-adv minus scratch (PGD-20, and claim 2's epochs) at each larger label budget: does the gain of
+    adversarial pretraining survive more labels (the paper fine-tunes on all 50,000 CIFAR-10 labels)?"""
+    out = []
+    for n in sorted({r["labels"] for r in more}):
+        arm = {a: _by_seed([r for r in more if r["labels"] == n], a) for a in ("rot-adv", "scratch")}
+        pairs = [(arm["rot-adv"][s], arm["scratch"][s]) for s in sorted(arm["rot-adv"]) if s in arm["scratch"]]
+        out.append(_compare(f"rot-adv - scratch, {n:,} labels", f"1 at {n:,} labels", pairs, "pgd20"))
+        out.append(_compare(f"epochs: rot-adv - scratch, {n:,} labels", f"2 at {n:,} labels",
+                            [(x, y) for x, y in pairs if x["epochs_to_target"] is not None], "epochs_to_target",
+                            lower_is_better=True))
+    return out
 
 
 def mode_comparisons(other: list[dict], adv_full: dict[str, dict[int, dict]]) -> list[dict]:

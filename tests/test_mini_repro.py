@@ -77,14 +77,16 @@ def _write_synthetic(out: Path, seeds=range(6), drop: tuple = (), plan=PLAN) -> 
             s = cell.seed
             noise = 0.1 * ((s * 7 + len(cell.arm)) % 3 - 1)
             shift = (2.0 if s % 2 else -2.0) if cell.arm == "ens-adv" else SHIFT[cell.arm]
-            pgd = 40.0 + s + shift + noise
+            more = cell.labels not in (0, plan.labels)  # the larger budget: +30 for every arm, rot-adv gains 1
+            pgd = 40.0 + s + shift + noise + (30.0 - (1.0 if cell.arm == "rot-adv" else 0.0) if more else 0.0)
             hist = [{"val_robust": pgd - 4 + k * 2, "val_clean": 70.0} for k in range(3)]  # reaches pgd at epoch 3
             if cell.arm == "rot-adv":  # reaches scratch's final value one epoch earlier
                 hist = [{"val_robust": pgd - 2 + k, "val_clean": 70.0} for k in range(3)]
             clean = 70.0
             if cell.mode != "adv-full":
                 pgd, clean = MODE_PGD[cell.arm, cell.mode] + noise, (85.0 if cell.mode == "full" else 80.0) + noise
-            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": 64, "mode": cell.mode,
+            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": cell.labels or plan.labels,
+                   "mode": cell.mode,
                    "clean": clean, "pgd20": pgd, "test_n": 64, "history": hist}
         rec.update(kind=cell.kind, key=cell.key, commit="abc", recipe={"r": 1}, cpu_seconds=1.0)
         (cells / f"{cell.key}.json").write_text(json.dumps(rec))
@@ -143,8 +145,49 @@ def test_secondary_modes_are_compared_apart_from_the_claims(tmp_path):
     assert "| rot-adv | partial | 3 |" in md and "Not run, for the budget: a second" in md
 
 
+def test_a_larger_label_budget_is_compared_apart_from_the_claims(tmp_path):
+    plan = replace(PLAN, more_labels_seeds=(0, 1, 2))
+    keys = [c.key for c in mini_repro.all_cells(plan) if c.labels]
+    assert keys == [f"ft-{a}-s{s}-n128" if a == "scratch" else f"ft-{a}-p{s % 2}-s{s}-n128"
+                    for s in range(3) for a in ("scratch", "rot-adv")]
+    _write_synthetic(tmp_path, plan=plan)
+    res = build(plan, tmp_path)
+    comp = {c["comparison"]: c for c in res["comparisons"]}
+    # the main claims see the main budget only (the larger one adds 30 points to every arm)
+    assert comp["rot-adv - scratch"]["n_pairs"] == 6
+    assert comp["rot-adv - scratch"]["diffs"] == pytest.approx([2.0] * 6, abs=0.25)
+    # claim 2's target is scratch at the same seed and budget (scratch at 128 labels is 29 points higher than
+    # rot-adv at 64, so a target keyed by seed alone would censor every main-budget rot-adv cell)
+    ett = {(c["labels"], c["seed"]): c["epochs_to_target"] for c in res["cells"] if c["arm"] == "rot-adv"}
+    assert ett == {**{(64, s): 1 for s in range(6)}, **{(128, s): 2 for s in range(3)}}
+    more = comp["rot-adv - scratch, 128 labels"]
+    assert more["n_pairs"] == 3 and more["diffs"] == pytest.approx([1.0] * 3, abs=0.25)
+    assert comp["epochs: rot-adv - scratch, 128 labels"]["n_pairs"] == 3
+    from mini_report import markdown
+
+    md = markdown(res)
+    assert "| rot-adv | 128 | 3 |" in md and "A second label budget, 128 labels" in md
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs the dataset-fashion-mnist package")
+def test_the_larger_budget_contains_the_smaller_and_keeps_validation_apart():
+    import torch
+
+    from mini_cells import labeled_split
+
+    plan = replace(mini_repro.SMOKE, labels=50, val_labels=20)
+    (xa, _), (va, _) = labeled_split(plan, 3)
+    (xb, _), (vb, _) = labeled_split(plan, 3, 200)
+    assert len(xa) == 50 and len(xb) == 200 and len(vb) == 20
+    assert torch.equal(xb[:50], xa)
+    rows = {tuple(r.flatten().tolist()) for r in xb}
+    assert not any(tuple(r.flatten().tolist()) in rows for r in vb)
+
+
 def test_pairing_uses_the_same_seed_and_alternates_backbones():
-    cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune" and c.mode == "adv-full"]
+    cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune" and c.mode == "adv-full"
+             and not c.labels]
     assert len(cells) == 5 * 8
     assert {c.pretrain_seed for c in cells if c.arm == "rot-adv"} == {0, 1}
     assert all(c.deps == (f"pt-{c.arm}-p{c.pretrain_seed}",) for c in cells if c.arm != "scratch")
