@@ -122,16 +122,14 @@ def run_finetune(cell, plan, out: Path) -> dict:
     return rec
 
 
-def member(plan, out: Path, key: str, arm: str, seed: int):
-    """A fine-tuned classifier of a finished cell: its kept copy in ``models/``, else its run folder, else
-    refitted (deterministically on the same kind of CPU) and checked against the cell's recorded
-    validation history (cells finished before members were kept)."""
+def member_file(plan, out: Path, key: str, arm: str, seed: int) -> Path:
+    """The file of a finished fine-tuning cell's classifier: its kept copy in ``models/`` (committed), else
+    its run folder, else refitted (deterministically on the same kind of CPU) and checked against the
+    cell's recorded validation history (cells finished before members were kept)."""
     import json
 
-    from robustzoo.weights import load_file
-
     if (kept := kept_path(out, arm, seed, plan.labels)).exists():
-        return load_file(kept)
+        return kept
     path = model_path(out, key)
     if not path.exists():
         cell = json.loads((out / "cells" / f"{key}.json").read_text())
@@ -139,7 +137,14 @@ def member(plan, out: Path, key: str, arm: str, seed: int):
         got = [round(r["val_robust"], 6) for r in res.history]
         if got != [round(r["val_robust"], 6) for r in cell["history"]]:
             raise RuntimeError(f"refitting {key} did not reproduce its recorded validation history")
-    return load_file(path)
+    return path
+
+
+def member(plan, out: Path, key: str, arm: str, seed: int):
+    """The classifier of :func:`member_file`, loaded strictly."""
+    from robustzoo.weights import load_file
+
+    return load_file(member_file(plan, out, key, arm, seed))
 
 
 def run_ensemble(cell, plan, out: Path) -> dict:
@@ -163,17 +168,17 @@ def run_aa(cell, plan, out: Path) -> dict:
     from robustzoo._download import file_sha256
     from robustzoo.evaluation import evaluate
     from robustzoo.models import SoftmaxEnsemble
+    from robustzoo.weights import load_file
 
     if cell.arm == "ens-ft":
         import json
 
         members = json.loads((out / "cells" / f"{cell.deps[0]}.json").read_text())["recipe"]["members"]
-        model = SoftmaxEnsemble([member(plan, out, k, a, cell.seed) for k, a in zip(members, ENSEMBLE_MEMBERS)])
-        sha = "+".join(file_sha256(model_path(out, k))[:16] for k in members)
+        files = [member_file(plan, out, k, a, cell.seed) for k, a in zip(members, ENSEMBLE_MEMBERS)]
+        model = SoftmaxEnsemble([load_file(f) for f in files])
+        sha = "+".join(file_sha256(f)[:16] for f in files)  # the files loaded (models/ is committed, finetune/ not)
     else:
-        from robustzoo.weights import load_file
-
-        path = out / "models" / f"{cell.arm}-s{cell.seed}-n{plan.labels}.safetensors"
+        path = kept_path(out, cell.arm, cell.seed, plan.labels)
         model, sha = load_file(path), file_sha256(path)
     x, y = test_set(plan, cell.end)
     t0 = time.perf_counter()

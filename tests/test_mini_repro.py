@@ -314,3 +314,23 @@ def test_the_committed_results_are_what_the_committed_cells_give():
                  if a == arm and m == "adv-full" and ("scratch", s, "adv-full") in pgd]
         assert len(diffs) == comp["n_pairs"]
         assert paired_t(diffs)[1:] == pytest.approx((comp["ci_low"], comp["ci_high"]), abs=1e-3)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs the dataset-fashion-mnist package")
+def test_ensemble_autoattack_reads_the_committed_member_files(tmp_path, monkeypatch):
+    """An aa-ens-ft cell runs from the kept (committed) member files alone: the run folders under
+    finetune/ are not committed, so a later session has only models/; the recorded hash names those files."""
+    import shutil
+
+    from robustzoo._download import file_sha256
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = replace(mini_repro.SMOKE, aa_n=2, aa_chunk=2, ens_pool=64, pool=128, pt_test_n=8, test_n=8)
+    mini_repro.run_one(plan, tmp_path, "ens-ft-s0-n64")
+    shutil.rmtree(tmp_path / "finetune")
+    mini_repro.run_one(plan, tmp_path, "aa-ens-ft-s0-00000-00002")
+    cell = json.loads((tmp_path / "cells" / "aa-ens-ft-s0-00000-00002.json").read_text())
+    want = "+".join(file_sha256(tmp_path / "models" / f"{a}-s0-n64.safetensors")[:16]
+                    for a in mini_repro.ENSEMBLE_MEMBERS)
+    assert cell["n"] == 2 and cell["sha256"] == want
