@@ -20,6 +20,7 @@ from mini_cells import backbone_path
 from mini_lib import EPS, ROOT
 from mini_stats import aa_records
 
+from robustzoo._download import file_sha256
 from robustzoo.registry import TASK_TAGS
 from training.recipes import RECIPES
 
@@ -36,7 +37,7 @@ EVAL_ATTACK = "linf pgd-20 step 0.025 random-start eval-mode, CE"
 
 def zoo_entries(plan) -> dict[str, dict]:
     """Registry name -> the cell it is made from, what it is, and the ``-w16-`` name it retires."""
-    from mini_repro import FT_ARMS, ft_key, pt_key
+    from mini_repro import ENSEMBLE_MEMBERS, FT_ARMS, ft_key, pt_key
 
     w, seed, p = f"w{round(64 * plan.width)}", plan.ft_seeds[0], plan.pt_seeds[0]
     out = {}
@@ -48,6 +49,10 @@ def zoo_entries(plan) -> dict[str, dict]:
         out[f"{name}-r18-{w}-fmnist"] = {"cell": ft_key(arm, seed, plan), "arm": arm, "kind": "classifier",
                                          "parent": None if arm == "scratch" else f"{arm}-r18-{w}-fmnist",
                                          "retires": None}
+    # the fine-tuned 3-model softmax ensemble of claim 3b (the paper's ens3, section 4.5), after its members
+    out[f"ens3-aft-r18-{w}-fmnist"] = {"cell": f"ens-ft-s{seed}-n{plan.labels}", "arm": "ens-ft", "kind": "ensemble",
+                                       "parents": [f"{a}-aft-r18-{w}-fmnist" for a in ENSEMBLE_MEMBERS],
+                                       "retires": None}
     return out
 
 
@@ -76,6 +81,13 @@ def record(name: str, entry: dict, plan) -> dict:
                                f"{pool:,} Fashion-MNIST training images (labels unused), "
                                f"{plan.ens_passes if task == 'ensemble' else plan.pt_passes} passes; headless "
                                "backbone (benchmarks/mini_repro.py, pretraining seed 0)"}
+    if entry["kind"] == "ensemble":
+        return {**rec, "arch": "ensemble", "task": "ensemble", "training": "adv", "num_classes": 10,
+                "pretrain_attack": None, "finetune": f"softmax average of {', '.join(entry['parents'])}",
+                "parents": entry["parents"], "recipe": entry["cell"], "reproduce": by_cell,
+                "description": "softmax-averaging ensemble of the seed-0 rot-adv, jig-adv and ens-adv adversarially "
+                               f"fine-tuned classifiers ({plan.labels:,} labels): the ens-ft arm (claim 3b) of "
+                               "benchmarks/mini_repro.py"}
     start = "from scratch" if entry["parent"] is None else f"from {entry['parent']}"
     return {**rec, "training": "adv", "num_classes": 10, "pretrain_attack": None,
             "finetune": f"adv-full {start} ({ft})", "parents": [entry["parent"]] if entry["parent"] else [],
@@ -93,7 +105,8 @@ def versus_scratch(arm: str, plan, out: Path) -> dict | None:
     comp = next((c for c in res["comparisons"] if c["comparison"] == f"{arm} - scratch"), None)
     if comp is None or comp["ci_low"] is None:
         return None
-    keep = ("comparison", "metric", "n_pairs", "diff_mean", "ci_low", "ci_high", "verdict", "interval")
+    keep = ("comparison", "metric", "n_pairs", "pretrain_seeds", "diff_mean", "ci_low", "ci_high", "verdict",
+            "interval")
     setting = (f"adv-full fine-tuning on {plan.labels:,} labels for {plan.ft_epochs} epochs at width "
                f"{round(64 * plan.width)}, PGD-20 on {plan.test_n:,} test images; benchmarks/mini_repro.py")
     return {**{k: comp[k] for k in keep}, "partial": res["partial"], "setting": setting}
@@ -110,7 +123,7 @@ def metrics(cell: dict, aa_cells: list[dict], plan, out: Path) -> dict:
         rep = versus_scratch(cell["arm"], plan, out)
         return {**pretext, **base, **({"repro_vs_scratch": rep} if rep else {}), "pool": cell["pool"],
                 "passes": cell["passes"], "pretext_n": plan.pt_test_n,
-                "cpu_hours": round(cell["cpu_seconds_total"] / 3600, 2),
+                "pretrain_thread_hours": round(cell["cpu_seconds_total"] / 3600, 2),  # summed pass time, 1 thread
                 "how": f"benchmarks/mini_repro.py cell {cell['key']}: pretext accuracy (clean, and under the "
                        f"training attack when adversarial) on the first {plan.pt_test_n} test images, once, after "
                        "model selection on the held-out part of the pool"}
@@ -136,12 +149,19 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     if not cell_file.exists():
         return None
     cell = json.loads(cell_file.read_text())
-    weights = backbone_path(out, cell["arm"], cell["pretrain_seed"]) if cell["kind"] == "pretrain" \
-        else out / cell["model"]
-    aa_cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
     folder = dest / name
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, folder / "model.safetensors")
+    if cell["kind"] == "ensemble":
+        weights, sha = ensemble_file(cell, plan, out, folder, name)
+    else:
+        weights = backbone_path(out, cell["arm"], cell["pretrain_seed"]) if cell["kind"] == "pretrain" \
+            else out / cell["model"]
+        shutil.copyfile(weights, folder / "model.safetensors")
+        sha = file_sha256(weights)
+    aa_cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
+    if aa_cells and (stale := [c["key"] for c in aa_cells if c["sha256"] != sha]):
+        raise SystemExit(f"error: {name}: AutoAttack cells {', '.join(stale)} attacked another file than "
+                         f"{weights.relative_to(out)}; delete them and rerun them (work)")
     m = metrics(cell, aa_cells, plan, out)
     prov = {"code_commit": cell["commit"], "cell": cell["key"], "recipe": cell["recipe"],
             "overrides": _portable(cell.get("overrides", {})), "machine": cell["machine"], "date": cell["date"],
@@ -151,6 +171,33 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     for fname, value in (("metrics.json", m), ("provenance.json", prov), ("record.json", record(name, entry, plan))):
         (folder / fname).write_text(json.dumps(value, indent=1) + "\n")
     return folder
+
+
+def ensemble_file(cell: dict, plan, out: Path, folder: Path, name: str) -> tuple[Path, str]:
+    """Stage the ensemble of an ``ens-ft`` cell's member files (the committed ``models/`` copies) as one weight
+    file; returns its path and the hash its AutoAttack cells record (of the member files).
+
+    safetensors writes its metadata in no fixed order, so the file is written once, kept in ``models/``
+    (committed, like the members) and copied byte for byte after checking it holds exactly the members."""
+    import torch
+    from mini_cells import kept_path, member_file
+    from mini_repro import ENSEMBLE_MEMBERS
+
+    from robustzoo.models import SoftmaxEnsemble
+    from robustzoo.serialization import save_pretrained
+    from robustzoo.weights import load_file
+
+    files = [member_file(plan, out, k, a, cell["seed"]) for k, a in zip(cell["recipe"]["members"], ENSEMBLE_MEMBERS)]
+    ens = SoftmaxEnsemble([load_file(f) for f in files]).state_dict()
+    kept = kept_path(out, "ens-ft", cell["seed"], cell["labels"])
+    if not kept.exists():
+        shutil.move(save_pretrained(SoftmaxEnsemble([load_file(f) for f in files]), folder / "tmp", name=name), kept)
+        shutil.rmtree(folder / "tmp")
+    got = load_file(kept).state_dict()
+    if got.keys() != ens.keys() or not all(torch.equal(got[k], ens[k]) for k in ens):
+        raise SystemExit(f"error: {kept} does not hold the members {', '.join(map(str, files))}; delete it")
+    shutil.copyfile(kept, folder / "model.safetensors")
+    return kept, "+".join(file_sha256(f)[:16] for f in files)
 
 
 def _portable(overrides: dict) -> dict:

@@ -17,6 +17,9 @@ from mini_lib import MACHINE, ROOT
 from mini_stats import aa_records, cell_records, comparisons
 
 SECTION = "<!-- section: mini_repro (demo helper) -->"
+# a pretraining cell's own process counter covers only its last session: a resumed run counts its passes
+HOURS_COUNTED = ("one-thread hours: each cell's process CPU time; for a pretraining cell, resumed across sessions, "
+                 "the summed time of its passes (wall time of its one-thread process)")
 
 
 def load_cells(out: Path) -> list[dict]:
@@ -39,10 +42,11 @@ def build(plan, out: Path) -> dict:
     cells = [c for c in load_cells(out) if c["key"] in planned]  # other plans' cells (e.g. tests) are ignored
     kinds = {k: [c for c in cells if c["kind"] == k] for k in ("pretrain", "finetune", "ensemble", "aa")}
     records = cell_records(kinds["finetune"] + kinds["ensemble"], plan.ft_epochs)
-    cpu = sum(c.get("cpu_seconds", 0) for c in cells)
+    hours = sum(c["cpu_seconds_total"] if c["kind"] == "pretrain" else c.get("cpu_seconds", 0) for c in cells) / 3600
     return {"about": "Chen et al. (CVPR 2020) claims on Fashion-MNIST, paired seeds; benchmarks/mini_repro.py",
             "partial": len(cells) < len(planned), "cells_done": len(cells), "cells_planned": len(planned),
-            "cpu_hours_in_cells": round(cpu / 3600, 2), "machine": MACHINE, "cpus": _cpus(cells),
+            "thread_hours_in_cells": round(hours, 2), "thread_hours_counted": HOURS_COUNTED, "machine": MACHINE,
+            "cpus": _cpus(cells),
             "merged": time.strftime("%Y-%m-%d %H:%M"),
             "plan": asdict(plan), "interval": "95% Student-t on the paired differences over fine-tuning seeds",
             "pretraining": pretrain_records(kinds["pretrain"]), "cells": records,
@@ -90,11 +94,13 @@ def markdown(res: dict) -> str:
                        if c["epochs_to_target"] is not None]
                 more.append(f"| {arm} | {n:,} | {len(cs)} | {statistics.fmean(c['clean'] for c in cs):.2f} | "
                             f"{statistics.fmean(c['pgd20'] for c in cs):.2f} | {', '.join(ett) or '-'} |")
-    comp = ["| comparison | claim | pairs | mean diff | 95% CI | verdict |", "|---|---|---|---|---|---|"]
+    comp = ["| comparison | claim | pairs | pretraining seeds | mean diff | 95% CI | verdict |",
+            "|---|---|---|---|---|---|---|"]
     for c in res["comparisons"]:
         unit = " ep" if c["metric"] == "epochs_to_target" else " pt"
         ci = "-" if c["ci_low"] is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]{unit}"
-        comp.append(f"| {c['comparison']} | {c['claim']} | {c['n_pairs']} | {_fmt(c['diff_mean'])} | {ci} | "
+        seeds = ", ".join(map(str, c.get("pretrain_seeds", []))) or "-"
+        comp.append(f"| {c['comparison']} | {c['claim']} | {c['n_pairs']} | {seeds} | {_fmt(c['diff_mean'])} | {ci} | "
                     f"{c['verdict']} |")
     aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson |", "|---|---|---|---|"]
     aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] |"
@@ -111,13 +117,15 @@ def markdown(res: dict) -> str:
     return "\n".join([
         head + f"Measured on {res['machine']}, merged {res['merged']} by `python benchmarks/mini_repro.py merge` "
         f"from the cells in benchmarks/repro/cells ({res['cells_done']} of {res['cells_planned']} done, "
-        f"{res['cpu_hours_in_cells']} CPU hours in them so far; cells per processor: "
+        f"{res['thread_hours_in_cells']} one-thread hours in them so far, pretraining counted as the summed time "
+        f"of its passes; cells per processor: "
         f"{', '.join(f'{k} {v}' for k, v in res.get('cpus', {}).items())}). "
         f"ResNet-18 width {p['width']}, Linf eps 0.1; "
         f"adversarial full fine-tuning (PGD-{p['steps']}) on {p['labels']} labels for {p['ft_epochs']} epochs; "
         f"test clean and PGD-20 on {span} test images. Intervals: {res['interval']} (they cover "
-        "the fine-tuning-seed variance and, as sampled by the alternating backbones, the pretraining-seed "
-        "variance; they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
+        "the fine-tuning-seed variance and the pretraining-seed variance only as far as the backbones in their "
+        "pairs sample it: column 'pretraining seeds'; with one seed, an interval is for that backbone only; "
+        "they are conditional on the test set). Verdict: holds / reversed = the interval lies above / "
         "below 0 on the claimed side; inconclusive = it spans 0. Claim 2: a seed whose arm never reaches the "
         f"target within {p['ft_epochs']} epochs ('>{p['ft_epochs']}') counts as {p['ft_epochs'] + 1}, a lower "
         "bound, which can only favour that arm.", "", scope(p), "", *pt, "", *rows, "",

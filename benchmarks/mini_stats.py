@@ -104,6 +104,9 @@ def _compare(name: str, claim: str, pairs: list[tuple[dict, dict]], metric: str,
     diffs = [a[metric] - b[metric] for a, b in pairs]
     rec = {"comparison": name, "claim": claim, "metric": metric, "n_pairs": len(diffs),
            "seeds": [a["seed"] for a, _ in pairs], "diffs": [round(d, 4) for d in diffs],
+           # which variance the interval covers: fine-tuning seeds always; pretraining seeds only those sampled
+           "pretrain_seeds": sorted({r["pretrain_seed"] for p in pairs for r in p
+                                     if r.get("pretrain_seed") is not None}),
            "interval": "95% Student-t on paired differences", "lower_is_better": lower_is_better}
     if not diffs:
         return {**rec, "diff_mean": None, "ci_low": None, "ci_high": None, "verdict": "not measured yet"}

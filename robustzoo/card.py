@@ -57,10 +57,14 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
                 lo, hi = wilson(round(v * sub / 100), int(sub))
                 ci = f" [{lo:.1f}, {hi:.1f}]"
             parts.append(f"{name} {v:.2f}{ci}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
-    out = label + ", ".join(parts)
     pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))
-    out += "".join(f"; pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None)
-    return out or "-"
+    more = [f"pretext {k.split('_')[1]} {k.split('_')[2]} {num(k):.2f}" for k in pretext if num(k) is not None]
+    rep = metrics.get("repro_vs_scratch")  # a backbone of the mini-reproduction: what fine-tuning from it gains
+    if isinstance(rep, Mapping) and rep.get("ci_low") is not None:
+        more.append(f"fine-tuned from it minus scratch {rep['diff_mean']:+.2f} [{rep['ci_low']:+.2f}, "
+                    f"{rep['ci_high']:+.2f}] PGD-20 points ({rep['n_pairs']} paired seeds"
+                    f"{', partial' if rep.get('partial') else ''})")
+    return "; ".join(x for x in (label + ", ".join(parts), *more) if x) or "-"
 
 
 def _status(spec: WeightSpec) -> str:

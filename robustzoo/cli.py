@@ -60,7 +60,8 @@ def cmd_list(args: argparse.Namespace) -> int:
           "\nof a backbone, 'paper' = reported by the paper, '+d [lo,hi]' on a backbone = PGD-20 points that"
           "\nadversarial fine-tuning from it gains over training from scratch (mean, 95 % interval over"
           "\npaired seeds; the mini-reproduction)."
-          "\n--wide: every column; --json: for scripts.")
+          "\n--wide: every column (AutoAttack with its 95 % Wilson interval, and on how many test images);"
+          "\n--json: for scripts.")
     return 0
 
 

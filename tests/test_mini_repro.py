@@ -85,9 +85,9 @@ def _write_synthetic(out: Path, seeds=range(6), drop: tuple = (), plan=PLAN) -> 
             clean = 70.0
             if cell.mode != "adv-full":
                 pgd, clean = MODE_PGD[cell.arm, cell.mode] + noise, (85.0 if cell.mode == "full" else 80.0) + noise
-            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s, "labels": cell.labels or plan.labels,
-                   "mode": cell.mode,
-                   "clean": clean, "pgd20": pgd, "test_n": 64, "history": hist}
+            rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "seed": s,
+                   "labels": cell.labels or plan.labels, "mode": cell.mode, "clean": clean, "pgd20": pgd, "test_n": 64,
+                   "history": hist}
         rec.update(kind=cell.kind, key=cell.key, commit="abc", recipe={"r": 1}, cpu_seconds=1.0)
         (cells / f"{cell.key}.json").write_text(json.dumps(rec))
 
@@ -101,6 +101,8 @@ def test_merge_verdicts_on_synthetic_cells(tmp_path):
     assert comp["ens-adv - scratch"]["verdict"] == "inconclusive"
     assert comp["epochs: rot-adv - scratch"]["verdict"] == "holds"
     assert comp["ens-ft - best member"]["n_pairs"] == 6
+    # which pretraining seeds an interval samples (rot-std has one backbone, the others alternate two)
+    assert comp["rot-adv - scratch"]["pretrain_seeds"] == [0, 1] and comp["rot-std - scratch"]["pretrain_seeds"] == [0]
     assert not res["partial"] and (tmp_path / "mini_repro.png").stat().st_size > 1000
     # the JSON alone lets anyone recompute every interval
     data = json.loads((tmp_path / "mini_repro.json").read_text())
@@ -173,7 +175,6 @@ def test_a_larger_label_budget_is_compared_apart_from_the_claims(tmp_path):
                     reason="needs the dataset-fashion-mnist package")
 def test_the_larger_budget_contains_the_smaller_and_keeps_validation_apart():
     import torch
-
     from mini_cells import labeled_split
 
     plan = replace(mini_repro.SMOKE, labels=50, val_labels=20)
@@ -285,6 +286,12 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads(got.stdout) == pytest.approx(aft.metrics["clean"], abs=0.005)  # the registry keeps 2 decimals
+    # an AutoAttack chunk of another file than the one released stops the release, naming the chunk
+    stale = {"kind": "aa", "arm": "rot-adv", "key": "aa-rot-adv-s0-00000-00002", "sha256": "0" * 64, "start": 0,
+             "end": 2, "robust": 1, "clean": 2, "seed": 0, "date": "2026-12-07"}
+    (out / "cells" / "aa-rot-adv-s0-00000-00002.json").write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match="aa-rot-adv-s0-00000-00002 attacked another file"):
+        release_zoo(mini_repro.SMOKE, out, registry=str(reg))
 
 
 def test_backbones_carry_the_reproductions_interval_versus_scratch(tmp_path):
@@ -305,22 +312,25 @@ def test_the_committed_results_are_what_the_committed_cells_give():
     fresh = build(mini_repro.Plan(), mini_repro.OUT)
     assert fresh["cells_done"] == committed["cells_done"], "new cells: run python benchmarks/mini_repro.py merge"
     assert fresh["cells"] == committed["cells"] and fresh["comparisons"] == committed["comparisons"]
-    pgd = {(c["arm"], c["seed"], c["mode"]): c["pgd20"] for c in committed["cells"]}
+    pgd = {(c["arm"], c["seed"], c["labels"]): c["pgd20"] for c in committed["cells"] if c["mode"] == "adv-full"}
     for comp in committed["comparisons"]:
         arm, _, base = comp["comparison"].partition(" - ")
+        base, _, budget = base.partition(", ")  # "scratch", or "scratch, 10,000 labels" for the larger budget
         if base != "scratch" or ":" in arm or comp["n_pairs"] < 2:  # claim 1 (not epochs:, table: rows)
             continue
-        diffs = [pgd[arm, s, "adv-full"] - pgd["scratch", s, "adv-full"] for (a, s, m) in pgd
-                 if a == arm and m == "adv-full" and ("scratch", s, "adv-full") in pgd]
+        n = int(budget.split()[0].replace(",", "")) if budget else committed["plan"]["labels"]
+        diffs = [pgd[arm, s, n] - pgd["scratch", s, n] for (a, s, k) in pgd
+                 if a == arm and k == n and ("scratch", s, n) in pgd]
         assert len(diffs) == comp["n_pairs"]
         assert paired_t(diffs)[1:] == pytest.approx((comp["ci_low"], comp["ci_high"]), abs=1e-3)
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
                     reason="needs the dataset-fashion-mnist package")
-def test_ensemble_autoattack_reads_the_committed_member_files(tmp_path, monkeypatch):
+def test_ensemble_autoattack_then_release_from_the_committed_member_files(tmp_path, monkeypatch):
     """An aa-ens-ft cell runs from the kept (committed) member files alone: the run folders under
-    finetune/ are not committed, so a later session has only models/; the recorded hash names those files."""
+    finetune/ are not committed, so a later session has only models/; the recorded hash names those files.
+    Then the ensemble is released as ens3-aft-... into a staged registry and loaded from it."""
     import shutil
 
     from robustzoo._download import file_sha256
@@ -334,3 +344,33 @@ def test_ensemble_autoattack_reads_the_committed_member_files(tmp_path, monkeypa
     want = "+".join(file_sha256(tmp_path / "models" / f"{a}-s0-n64.safetensors")[:16]
                     for a in mini_repro.ENSEMBLE_MEMBERS)
     assert cell["n"] == 2 and cell["sha256"] == want
+    # the release stages the ensemble as one file, kept in models/ so that every release copies the same bytes,
+    # with the chunk's AutoAttack figure; it loads by name from the staged registry, offline
+    import subprocess
+
+    from mini_release import release_zoo
+
+    from robustzoo.registry import REGISTRY_FILE, read_records
+
+    reg = tmp_path / "zoo" / "registry.json"
+    reg.parent.mkdir()
+    reg.write_text(json.dumps([r for r in json.loads(REGISTRY_FILE.read_text()) if "-w4-" not in r["name"]]))
+    # the -w16- names the smoke backbones retire, as if released before
+    retired = {f"{a}-r18-w16-fmnist": {"date": "2026-12-07", "successor": f"{a}-r18-w4-fmnist", "why": "test"}
+               for a in ("rot-adv", "jig-adv")}
+    (reg.parent / "retired.json").write_text(json.dumps(retired))
+    assert "ens3-aft-r18-w4-fmnist" in release_zoo(plan, tmp_path, registry=str(reg))
+    before = reg.read_text()
+    release_zoo(plan, tmp_path, registry=str(reg))
+    assert reg.read_text() == before
+    spec = read_records(reg)["ens3-aft-r18-w4-fmnist"]
+    assert spec.parents == tuple(f"{a}-aft-r18-w4-fmnist" for a in mini_repro.ENSEMBLE_MEMBERS)
+    assert spec.metrics["autoattack_n"] == 2 and spec.metrics["autoattack"] == 50.0 * cell["robust"]
+    code = ("import json, robustzoo; from robustzoo.fmnist import load_fashion_mnist; "
+            "m = robustzoo.load('ens3-aft-r18-w4-fmnist'); x, y = load_fashion_mnist('test'); "
+            "r = robustzoo.evaluate(m, (x[:8], y[:8]), attacks=('clean',), progress=False); "
+            "print(json.dumps([type(m).__name__, r.accuracy['clean']]))")
+    env = {**__import__("os").environ, "ROBUSTZOO_REGISTRY": str(reg), "ROBUSTZOO_OFFLINE": "1"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout) == ["SoftmaxEnsemble", pytest.approx(spec.metrics["clean"], abs=0.005)]

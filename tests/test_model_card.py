@@ -37,6 +37,12 @@ def test_format_metrics_names_every_subset():
     bb = {"linear_probe_clean": 81.7, "linear_probe_pgd20": 0.5, "n": 10000, "pgd20_n": 10000,
           "pretext_clean_rotation": 89.63, "pretext_score": 89.63}
     assert format_metrics(bb) == "linear probe clean 81.70, PGD-20 0.50; pretext clean rotation 89.63"
+    # a mini-reproduction backbone: pretext accuracy (no stray separator) and the fine-tuning gain over scratch
+    rep = {"diff_mean": 7.126, "ci_low": 6.2, "ci_high": 8.061, "n_pairs": 8, "partial": False}
+    w8 = {"pretext_clean_rotation": 98.2, "repro_vs_scratch": rep}
+    assert format_metrics(w8) == ("pretext clean rotation 98.20; fine-tuned from it minus scratch +7.13 [+6.20, +8.06] "
+                                  "PGD-20 points (8 paired seeds)")
+    assert format_metrics({"repro_vs_scratch": {**rep, "ci_low": None}}) == "-"
     assert format_metrics(model_info("ens3-aft-r50").paper_metrics) == (
         "clean 86.04, PGD-20 54.64, AA (RobustBench) 51.56")
     assert format_metrics({}) == "-" and format_metrics({"clean": True, "source": "x"}) == "-"

@@ -81,12 +81,13 @@ def test_embedded_weight_loads_offline_and_matches_hash(name):
     path = ZOO / spec.filename
     assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
     model = robustzoo.load(name)
-    assert model.config["in_chans"] == 1 and model.config["width"] == spec.width
+    configs = model.config["members"] if spec.kind == "ensemble" else [model.config]  # ens3: the 3 members'
+    assert all(c["in_chans"] == 1 and c["width"] == spec.width for c in configs)
     assert model.num_classes == spec.num_classes
     with torch.no_grad():
         out = model(torch.rand(4, 1, 28, 28))
     assert torch.isfinite(out).all()
-    assert out.shape == ((4, 10) if spec.kind == "classifier" else (4, model.num_features))
+    assert out.shape == ((4, model.num_features) if spec.kind == "backbone" else (4, 10))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_split():
     return load_embedded("test")
 
 
-@pytest.mark.parametrize("name", [e["name"] for e in ENTRIES if e["kind"] == "classifier"])
+@pytest.mark.parametrize("name", [e["name"] for e in ENTRIES if e["kind"] != "backbone"])
 def test_classifier_clean_accuracy_matches_registry(name, test_split):
     torch.set_num_threads(2)
     x, y = test_split
@@ -106,7 +107,7 @@ def test_classifier_clean_accuracy_matches_registry(name, test_split):
 
 
 @pytest.mark.skipif(not FULL_TEST, reason="needs the dataset-fashion-mnist package")
-@pytest.mark.parametrize("name", [n for n in FROM_CELLS if REGISTRY[n].kind == "classifier"])
+@pytest.mark.parametrize("name", [n for n in FROM_CELLS if REGISTRY[n].kind != "backbone"])
 def test_reproduction_classifiers_match_their_registry_numbers(name):
     """Loaded by name, offline: clean accuracy on all 10,000 test images as in the registry; the registry's PGD-20
     is the mean of the cell's per-image outcomes; and (slow tier) PGD-20 with the cell's seeded starts on the first
@@ -127,7 +128,7 @@ def test_reproduction_classifiers_match_their_registry_numbers(name):
 
 @pytest.mark.slow  # ~10 s per classifier
 @pytest.mark.skipif(not FULL_TEST, reason="needs the dataset-fashion-mnist package")
-@pytest.mark.parametrize("name", [n for n in FROM_CELLS if REGISTRY[n].kind == "classifier"])
+@pytest.mark.parametrize("name", [n for n in FROM_CELLS if REGISTRY[n].kind != "backbone"])
 def test_reproduction_classifiers_pgd20_outcomes_per_image(name):
     from robustzoo.fmnist import load_fashion_mnist
 
