@@ -160,9 +160,11 @@ def plot(res: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     comps = [c for c in res["comparisons"] if c["diff_mean"] is not None]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, max(4.0, 1.2 + 0.28 * len(comps))), dpi=110,
+                                 gridspec_kw={"width_ratios": [3, 2]})
     for i, c in enumerate(comps):
         lo, hi = c["ci_low"], c["ci_high"]
         color = {"holds": "C2", "reversed": "C3"}.get(c["verdict"], "C7")
@@ -178,6 +180,7 @@ def plot(res: dict, path: Path) -> None:
         bx.plot(range(1, len(r["val_score_curve"]) + 1), r["val_score_curve"], marker=".",
                 label=f"{r['arm']} p{r['pretrain_seed']}")
     bx.set_xlabel("pass over the pool", fontsize=8)
+    bx.xaxis.set_major_locator(MaxNLocator(integer=True))
     bx.set_ylabel("held-out pretext score (robust if adv)", fontsize=8)
     if res["pretraining"]:
         bx.legend(fontsize=6)
