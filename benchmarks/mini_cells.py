@@ -115,7 +115,7 @@ def run_finetune(cell, plan, out: Path) -> dict:
     # kept (and committed): the seed-0 classifiers (AutoAttack, the zoo entries) and every ensemble member,
     # whose ens-ft cell may run sessions later on another machine, where a refit is not bit-exact
     if (mode, labels) == ("adv-full", plan.labels) and (cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS):
-        keep = kept_path(out, cell.arm, cell.seed, plan.labels)
+        keep = kept_path(out, cell.arm, cell.seed, labels)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path(out, cell.key), keep)
         rec["model"] = str(keep.relative_to(out))

@@ -87,7 +87,8 @@ def record(name: str, entry: dict, plan) -> dict:
                 "parents": entry["parents"], "recipe": entry["cell"], "reproduce": by_cell,
                 "description": "softmax-averaging ensemble of the seed-0 rot-adv, jig-adv and ens-adv adversarially "
                                f"fine-tuned classifiers ({plan.labels:,} labels): the ens-ft arm (claim 3b) of "
-                               "benchmarks/mini_repro.py"}
+                               "benchmarks/mini_repro.py (the cell measures it; `python benchmarks/mini_repro.py "
+                               "release` writes the weight file from the three member files)"}
     start = "from scratch" if entry["parent"] is None else f"from {entry['parent']}"
     return {**rec, "training": "adv", "num_classes": 10, "pretrain_attack": None,
             "finetune": f"adv-full {start} ({ft})", "parents": [entry["parent"]] if entry["parent"] else [],
@@ -143,7 +144,7 @@ def metrics(cell: dict, aa_cells: list[dict], plan, out: Path) -> dict:
     return {**got, **base}
 
 
-def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
+def stage(name: str, entry: dict, plan, out: Path, dest: Path, *, keep: bool = True) -> Path | None:
     """The run folder ``training/publish.py`` takes; None while the entry's cells are not finished."""
     cell_file = out / "cells" / f"{entry['cell']}.json"
     if not cell_file.exists():
@@ -152,13 +153,15 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     folder = dest / name
     folder.mkdir(parents=True, exist_ok=True)
     if cell["kind"] == "ensemble":
-        weights, sha = ensemble_file(cell, plan, out, folder, name)
+        weights, sha = ensemble_file(cell, plan, out, folder, name, keep=keep)
     else:
         weights = backbone_path(out, cell["arm"], cell["pretrain_seed"]) if cell["kind"] == "pretrain" \
             else out / cell["model"]
         shutil.copyfile(weights, folder / "model.safetensors")
         sha = file_sha256(weights)
-    aa_cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
+    # a backbone has no AutoAttack figure (the arm's aa-* chunks attacked its fine-tuned classifier)
+    aa_cells = [] if cell["kind"] == "pretrain" else \
+        [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"aa-{entry['arm']}-s*.json"))]
     if aa_cells and (stale := [c["key"] for c in aa_cells if c["sha256"] != sha]):
         raise SystemExit(f"error: {name}: AutoAttack cells {', '.join(stale)} attacked another file than "
                          f"{weights.relative_to(out)}; delete them and rerun them (work)")
@@ -173,12 +176,13 @@ def stage(name: str, entry: dict, plan, out: Path, dest: Path) -> Path | None:
     return folder
 
 
-def ensemble_file(cell: dict, plan, out: Path, folder: Path, name: str) -> tuple[Path, str]:
+def ensemble_file(cell: dict, plan, out: Path, folder: Path, name: str, *, keep: bool = True) -> tuple[Path, str]:
     """Stage the ensemble of an ``ens-ft`` cell's member files (the committed ``models/`` copies) as one weight
     file; returns its path and the hash its AutoAttack cells record (of the member files).
 
     safetensors writes its metadata in no fixed order, so the file is written once, kept in ``models/``
-    (committed, like the members) and copied byte for byte after checking it holds exactly the members."""
+    (committed, like the members) and copied byte for byte after checking it holds exactly the members
+    (``keep=False``, for a dry run: written into ``folder`` only)."""
     import torch
     from mini_cells import kept_path, member_file
     from mini_repro import ENSEMBLE_MEMBERS
@@ -191,12 +195,17 @@ def ensemble_file(cell: dict, plan, out: Path, folder: Path, name: str) -> tuple
     ens = SoftmaxEnsemble([load_file(f) for f in files]).state_dict()
     kept = kept_path(out, "ens-ft", cell["seed"], cell["labels"])
     if not kept.exists():
-        shutil.move(save_pretrained(SoftmaxEnsemble([load_file(f) for f in files]), folder / "tmp", name=name), kept)
-        shutil.rmtree(folder / "tmp")
+        written = save_pretrained(SoftmaxEnsemble([load_file(f) for f in files]), folder / "tmp", name=name)
+        if not keep:
+            kept = written
+        else:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(written, kept)
     got = load_file(kept).state_dict()
     if got.keys() != ens.keys() or not all(torch.equal(got[k], ens[k]) for k in ens):
         raise SystemExit(f"error: {kept} does not hold the members {', '.join(map(str, files))}; delete it")
     shutil.copyfile(kept, folder / "model.safetensors")
+    shutil.rmtree(folder / "tmp", ignore_errors=True)
     return kept, "+".join(file_sha256(f)[:16] for f in files)
 
 
@@ -217,7 +226,7 @@ def release_zoo(plan, out: Path, *, registry: str | None = None, dry_run: bool =
     reg = Path(registry) if registry else registry_path()
     done, waiting = [], []
     for name, entry in zoo_entries(plan).items():
-        folder = stage(name, entry, plan, out, out / "release")
+        folder = stage(name, entry, plan, out, out / "release", keep=not dry_run)
         if folder is None:
             waiting.append(f"{name} (cell {entry['cell']})")
             continue

@@ -19,7 +19,8 @@ from mini_stats import aa_records, cell_records, comparisons
 SECTION = "<!-- section: mini_repro (demo helper) -->"
 # a pretraining cell's own process counter covers only its last session: a resumed run counts its passes
 HOURS_COUNTED = ("one-thread hours: each cell's process CPU time; for a pretraining cell, resumed across sessions, "
-                 "the summed time of its passes (wall time of its one-thread process)")
+                 "the summed time of its passes (wall time of its one-thread process); a fine-tuning cell cut off "
+                 "and resumed counts its last process only (at most the epochs of one session's end)")
 
 
 def load_cells(out: Path) -> list[dict]:

@@ -70,7 +70,7 @@ def _write_synthetic(out: Path, seeds=range(6), drop: tuple = (), plan=PLAN) -> 
         if cell.kind == "pretrain":
             rec = {"arm": cell.arm, "pretrain_seed": cell.pretrain_seed, "pool": 60000, "passes": 2, "best_epoch": 1,
                    "final_val_score": 0.5, "curve": [{"val_score": 0.4}, {"val_score": 0.5}], "test": {"t": 0.5},
-                   "cpu_seconds_total": 10.0, "overrides": {}}
+                   "cpu_seconds_total": 3600.0, "overrides": {}}
         elif cell.kind == "aa":
             rec = {"arm": cell.arm, "seed": 0, "start": cell.start, "end": cell.end, "robust": 20, "clean": 40}
         else:
@@ -104,6 +104,10 @@ def test_merge_verdicts_on_synthetic_cells(tmp_path):
     # which pretraining seeds an interval samples (rot-std has one backbone, the others alternate two)
     assert comp["rot-adv - scratch"]["pretrain_seeds"] == [0, 1] and comp["rot-std - scratch"]["pretrain_seeds"] == [0]
     assert not res["partial"] and (tmp_path / "mini_repro.png").stat().st_size > 1000
+    # hours: a pretraining cell by the summed time of its passes (1 h here), not its last process's counter (1 s)
+    kinds = [c.kind for c in mini_repro.all_cells(PLAN)]
+    n_pt = kinds.count("pretrain")
+    assert res["thread_hours_in_cells"] == round(n_pt + (len(kinds) - n_pt) / 3600, 2)
     # the JSON alone lets anyone recompute every interval
     data = json.loads((tmp_path / "mini_repro.json").read_text())
     cells = {(c["arm"], c["seed"]): c for c in data["cells"]}
@@ -169,6 +173,19 @@ def test_a_larger_label_budget_is_compared_apart_from_the_claims(tmp_path):
 
     md = markdown(res)
     assert "| rot-adv | 128 | 3 |" in md and "A second label budget, 128 labels" in md
+    assert "| rot-adv | 6 |" in md  # the main table: the main budget's 6 seeds only
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="needs the dataset-fashion-mnist package")
+def test_a_larger_budget_cell_trains_on_its_labels_and_keeps_no_model(tmp_path, monkeypatch):
+    """models/ holds the main budget's classifiers (zoo entries, AutoAttack, ensemble members) only."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plan = replace(mini_repro.SMOKE, more_labels_seeds=(0,), test_n=16)
+    mini_repro.run_one(plan, tmp_path, "ft-scratch-s0-n128")
+    cell = json.loads((tmp_path / "cells" / "ft-scratch-s0-n128.json").read_text())
+    assert cell["labels"] == 128 and "model" not in cell and not (tmp_path / "models").exists()
+    assert (cell["recipe"]["finetune"]["n_train"], cell["recipe"]["finetune"]["n_val"]) == (128, plan.val_labels)
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
@@ -286,11 +303,18 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads(got.stdout) == pytest.approx(aft.metrics["clean"], abs=0.005)  # the registry keeps 2 decimals
-    # an AutoAttack chunk of another file than the one released stops the release, naming the chunk
-    stale = {"kind": "aa", "arm": "rot-adv", "key": "aa-rot-adv-s0-00000-00002", "sha256": "0" * 64, "start": 0,
-             "end": 2, "robust": 1, "clean": 2, "seed": 0, "date": "2026-12-07"}
-    (out / "cells" / "aa-rot-adv-s0-00000-00002.json").write_text(json.dumps(stale))
-    with pytest.raises(SystemExit, match="aa-rot-adv-s0-00000-00002 attacked another file"):
+    # AutoAttack chunks of the released classifier are welcome (the backbone of the same arm ignores them) ...
+    from robustzoo._download import file_sha256
+
+    chunk = {"kind": "aa", "arm": "rot-adv", "key": "aa-rot-adv-s0-00000-00002", "start": 0, "end": 2, "robust": 1,
+             "clean": 2, "seed": 0, "date": "2026-12-07",
+             "sha256": file_sha256(out / "models" / "rot-adv-s0-n64.safetensors")}
+    (out / "cells" / "aa-rot-adv-s0-00000-00002.json").write_text(json.dumps(chunk))
+    release_zoo(mini_repro.SMOKE, out, registry=str(reg))
+    # ... but one of another file than the one released stops the release, naming the entry and the chunk
+    (out / "cells" / "aa-rot-adv-s0-00000-00002.json").write_text(json.dumps({**chunk, "sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="rot-adv-aft-r18-w4-fmnist: AutoAttack cells aa-rot-adv-s0-00000-00002 "
+                                         "attacked another file"):
         release_zoo(mini_repro.SMOKE, out, registry=str(reg))
 
 
