@@ -267,7 +267,6 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     embedded entries of a registry copy (the backbone retiring its -w16- name), idempotently; a fresh
     process loads the classifier offline and measures the registry's clean accuracy on its file."""
     import shutil
-    import subprocess
 
     from mini_release import release_zoo
 
@@ -295,14 +294,8 @@ def test_cell_command_then_release_into_a_staged_registry(tmp_path, monkeypatch)
     before = reg.read_text()
     release_zoo(mini_repro.SMOKE, out, registry=str(reg))
     assert reg.read_text() == before
-    code = ("import json, robustzoo; from robustzoo.fmnist import load_fashion_mnist; "
-            "m = robustzoo.load('rot-adv-aft-r18-w4-fmnist'); x, y = load_fashion_mnist('test'); "
-            "r = robustzoo.evaluate(m, (x[:64], y[:64]), attacks=('clean',), progress=False); "
-            "print(json.dumps(r.accuracy['clean']))")
-    env = {**__import__("os").environ, "ROBUSTZOO_REGISTRY": str(reg), "ROBUSTZOO_OFFLINE": "1"}
-    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert got.returncode == 0, got.stderr[-2000:]
-    assert json.loads(got.stdout) == pytest.approx(aft.metrics["clean"], abs=0.005)  # the registry keeps 2 decimals
+    got = _clean_in_fresh_process(reg, "rot-adv-aft-r18-w4-fmnist", 64)
+    assert got[1] == pytest.approx(aft.metrics["clean"], abs=0.005)  # the registry keeps 2 decimals
     # AutoAttack chunks of the released classifier are welcome (the backbone of the same arm ignores them) ...
     from robustzoo._download import file_sha256
 
@@ -370,7 +363,6 @@ def test_ensemble_autoattack_then_release_from_the_committed_member_files(tmp_pa
     assert cell["n"] == 2 and cell["sha256"] == want
     # the release stages the ensemble as one file, kept in models/ so that every release copies the same bytes,
     # with the chunk's AutoAttack figure; it loads by name from the staged registry, offline
-    import subprocess
 
     from mini_release import release_zoo
 
@@ -390,11 +382,20 @@ def test_ensemble_autoattack_then_release_from_the_committed_member_files(tmp_pa
     spec = read_records(reg)["ens3-aft-r18-w4-fmnist"]
     assert spec.parents == tuple(f"{a}-aft-r18-w4-fmnist" for a in mini_repro.ENSEMBLE_MEMBERS)
     assert spec.metrics["autoattack_n"] == 2 and spec.metrics["autoattack"] == 50.0 * cell["robust"]
+    got = _clean_in_fresh_process(reg, "ens3-aft-r18-w4-fmnist", 8)
+    assert got == ["SoftmaxEnsemble", pytest.approx(spec.metrics["clean"], abs=0.005)]
+
+
+def _clean_in_fresh_process(reg: Path, name: str, n: int) -> list:
+    """[model class, clean accuracy on the first ``n`` test images] of ``name`` loaded by a fresh process from the
+    staged registry ``reg``, offline."""
+    import subprocess
+
     code = ("import json, robustzoo; from robustzoo.fmnist import load_fashion_mnist; "
-            "m = robustzoo.load('ens3-aft-r18-w4-fmnist'); x, y = load_fashion_mnist('test'); "
-            "r = robustzoo.evaluate(m, (x[:8], y[:8]), attacks=('clean',), progress=False); "
+            f"m = robustzoo.load({name!r}); x, y = load_fashion_mnist('test'); "
+            f"r = robustzoo.evaluate(m, (x[:{n}], y[:{n}]), attacks=('clean',), progress=False); "
             "print(json.dumps([type(m).__name__, r.accuracy['clean']]))")
     env = {**__import__("os").environ, "ROBUSTZOO_REGISTRY": str(reg), "ROBUSTZOO_OFFLINE": "1"}
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
-    assert json.loads(got.stdout) == ["SoftmaxEnsemble", pytest.approx(spec.metrics["clean"], abs=0.005)]
+    return json.loads(got.stdout)
