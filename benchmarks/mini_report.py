@@ -106,11 +106,11 @@ def markdown(res: dict) -> str:
     aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson |", "|---|---|---|---|"]
     aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] |"
            for a in res["autoattack"] if a["n"]]
-    pt = ["| pretraining | seed | pool | passes | pretext val score per pass | hours (sum of the passes, wall) |",
-          "|---|---|---|---|---|---|"]
+    pt = ["| pretraining | seed | pool | passes | pretext val score per pass | change over the last 3 passes "
+          "(points) | hours (sum of the passes, wall) |", "|---|---|---|---|---|---|---|"]
     pt += [f"| {r['arm']} | {r['pretrain_seed']} | {r['pool']} | {r['passes']} | "
-           f"{' '.join(f'{v:.2f}' for v in r['val_score_curve'])} | {r['cpu_seconds'] / 3600:.2f} |"
-           for r in res["pretraining"]]
+           f"{' '.join(f'{v:.2f}' for v in r['val_score_curve'])} | {last_change(r['val_score_curve'])} | "
+           f"{r['cpu_seconds'] / 3600:.2f} |" for r in res["pretraining"]]
     span = f"{'all' if p['test_n'] >= 10000 else 'the first'} {p['test_n']:,}"
     for table in (pt, aa):
         if len(table) == 2:
@@ -118,8 +118,8 @@ def markdown(res: dict) -> str:
     return "\n".join([
         head + f"Measured on {res['machine']}, merged {res['merged']} by `python benchmarks/mini_repro.py merge` "
         f"from the cells in benchmarks/repro/cells ({res['cells_done']} of {res['cells_planned']} done, "
-        f"{res['thread_hours_in_cells']} one-thread hours in them so far, pretraining counted as the summed time "
-        f"of its passes; cells per processor: "
+        f"{res['thread_hours_in_cells']} one-thread hours in them{' so far' if res['partial'] else ''}, "
+        "pretraining counted as the summed time of its passes; cells per processor: "
         f"{', '.join(f'{k} {v}' for k, v in res.get('cpus', {}).items())}). "
         f"ResNet-18 width {p['width']}, Linf eps 0.1; "
         f"adversarial full fine-tuning (PGD-{p['steps']}) on {p['labels']} labels for {p['ft_epochs']} epochs; "
@@ -139,19 +139,26 @@ def scope(p: dict) -> str:
     pool = f"{p['pool']:,}" if p["pool"] else "60,000"
     return (f"Scope: the single-task arms pretrain on all {pool} training images (labels unused); the ensemble "
             f"pretrains on a random {p['ens_pool']:,} of them, drawn with the pretraining seed (a step costs 8-12x a "
-            "single adversarial task's, benchmarks/RESULTS.md, so 60,000 images do not fit the budget). "
+            "single adversarial task's, benchmarks/RESULTS.md, so 60,000 images do not fit the budget), for as "
+            "many passes, so a third of the steps: claim 3a (ens-adv - best single pretext) compares a smaller-pool "
+            "ensemble with larger-pool single tasks, and its verdict cannot be told apart from that difference. "
             f"Every figure is on {p['labels']:,} labels unless a row says otherwise; the claims use adversarial full "
             "fine-tuning. The paper's "
             f"other modes, {' and '.join(p.get('extra_modes', ())) or 'none'} (standard cross-entropy; partial "
-            f"trains layer4 and the head), run last, only for {', '.join(p.get('mode_arms', ()))} on seeds "
+            f"trains layer4 and the head), queued last, only for {', '.join(p.get('mode_arms', ()))} on seeds "
             f"{', '.join(map(str, p.get('mode_seeds', ())))} (rows 'table:'). {more_labels_scope(p)}")
+
+
+def last_change(curve: list[float], k: int = 3) -> str:
+    """How much the pretext score moved over the last k passes, in points: the "has it flattened" check."""
+    return "-" if len(curve) <= k else f"{100 * (curve[-1] - curve[-1 - k]):+.1f}"
 
 
 def more_labels_scope(p: dict) -> str:
     if not p.get("more_labels_seeds"):
         return "Not run, for the budget: a second, larger label budget."
     return (f"A second label budget, {p['more_labels']:,} labels (the same seed's permutation, so it contains the "
-            f"{p['labels']:,}), runs last for {' and '.join(p['more_labels_arms'])} on seeds "
+            f"{p['labels']:,}), queued last, for {' and '.join(p['more_labels_arms'])} on seeds "
             f"{', '.join(map(str, p['more_labels_seeds']))} (rows ', {p['more_labels']:,} labels'); fewer seeds, so "
             "wider intervals.")
 

@@ -104,7 +104,7 @@ SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt
              val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=(), more_labels=128,
              more_labels_seeds=())
 
-EPILOG = ("Runtime: about 22 one-thread CPU hours in all, as resumable cells of minutes each (work); status and "
+EPILOG = ("Runtime: about 25 one-thread CPU hours in all, as resumable cells of minutes each (work); status and "
           "merge take seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
           "benchmarks/mini_repro.json/.md/.png.")
 

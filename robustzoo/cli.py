@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from .card import pct as _pct
 from .card import table as _table
+from .card import wilson as _wilson
 from .errors import RobustZooError
 
 __all__ = ["main"]
@@ -33,6 +34,15 @@ def _headline(spec) -> str:
     return "-"
 
 
+def _autoattack(spec) -> str:
+    """AutoAttack robust accuracy with its 95 % Wilson interval and how many test images it ran on, or "-"."""
+    v, n = spec.metrics.get("autoattack"), spec.metrics.get("autoattack_n")
+    if not isinstance(v, (int, float)) or not isinstance(n, int) or n <= 0:
+        return "-"
+    lo, hi = _wilson(round(v * n / 100), n)
+    return f"{v:.1f} [{lo:.1f},{hi:.1f}]/{n}"  # at most 25 characters: the table stays within 100 columns
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -47,21 +57,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{**asdict(s), "published": s.published} for s in specs], indent=2, default=list))
         return 0
-    status = {s.name: "embedded" if s.embedded else ("hub" if s.published else "not published") for s in specs}
+    status = {s.name: "embedded" if s.embedded else ("hub" if s.published else "unpublished") for s in specs}
     if args.wide:
         rows = [[s.name, s.arch, s.kind, s.task, s.training, s.dataset, status[s.name], format_metrics(s.metrics),
                  format_metrics(s.paper_metrics)] for s in specs]
         header = ["name", "arch", "kind", "task", "train", "dataset", "status", "measured", "paper"]
     else:
-        rows = [[s.name, s.task, s.kind, s.dataset, _headline(s), status[s.name]] for s in specs]
-        header = ["name", "task", "kind", "dataset", "clean / PGD-20 (%)", "status"]
+        rows = [[s.name, s.kind, _headline(s), _autoattack(s), status[s.name]] for s in specs]
+        header = ["name", "kind", "clean / PGD-20 (%)", "AutoAttack (%)", "status"]
     print(_table(rows, header) if rows else "no model matches")
     print(f"\n{len(rows)} of {len(list_models())} models. Accuracies in %: measured here, 'probe' = linear probe"
           "\nof a backbone, 'paper' = reported by the paper, '+d [lo,hi]' on a backbone = PGD-20 points that"
           "\nadversarial fine-tuning from it gains over training from scratch (mean, 95 % interval over"
-          "\npaired seeds; the mini-reproduction)."
-          "\n--wide: every column (AutoAttack with its 95 % Wilson interval, and on how many test images);"
-          "\n--json: for scripts.")
+          "\npaired seeds; the mini-reproduction). AutoAttack: robust accuracy [95 % Wilson interval]/the"
+          "\nnumber of test images it ran on (the first N). The name holds the task (rot, jig, selfie, ens)"
+          "\nand, for models trained here, the width and dataset (-w8-fmnist); others are CIFAR-10."
+          "\n--wide: every column (task, dataset, training, the paper's figures); --json: for scripts.")
     return 0
 
 

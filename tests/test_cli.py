@@ -165,6 +165,25 @@ def test_list_headline_stays_narrow_for_any_interval_the_reproduction_can_write(
                                                                   "ci_high": 8.32}})) == "+7.0 [+5.7,+8.3]"
 
 
+def test_list_shows_autoattack_with_its_interval_and_subset_within_100_columns():
+    from dataclasses import replace
+
+    from robustzoo.card import wilson
+    from robustzoo.cli import _autoattack
+
+    out = rz("list").stdout
+    measured = [s for s in REGISTRY.values() if isinstance(s.metrics.get("autoattack_n"), int)]
+    assert measured and "AutoAttack (%)" in out.splitlines()[0]
+    for spec in measured:  # the registry's figure, its Wilson interval from k of n, and n
+        v, n = spec.metrics["autoattack"], spec.metrics["autoattack_n"]
+        lo, hi = wilson(round(v * n / 100), n)
+        assert f"{spec.name} " in out and f"{v:.1f} [{lo:.1f},{hi:.1f}]/{n}" in out
+    spec = measured[0]
+    for v, n in ((100.0, 10000), (0.0, 10000), (50.0, 500)):
+        assert len(_autoattack(replace(spec, metrics={"autoattack": v, "autoattack_n": n}))) <= 25
+    assert _autoattack(replace(spec, metrics={"clean": 80.0})) == "-"
+
+
 def test_list_into_a_closed_pipe_exits_quietly():
     r = subprocess.run(f"{sys.executable} -m robustzoo list | head -1", shell=True, capture_output=True, text=True,
                        timeout=120)
