@@ -75,6 +75,29 @@ def test_registry_figures_are_the_ones_the_benchmarks_measured(tmp_path):
         assert measured[name]["metrics"] == REGISTRY[name].metrics, f"{name}: run training/publish.py --embed"
 
 
+def test_seed0_classifiers_carry_autoattack_on_the_fixed_subset_once_its_chunks_are_done():
+    """Every released classifier of the reproduction whose arm has all its AutoAttack chunks (the first aa_n test
+    images) shows that figure with its 95 % Wilson interval; with every chunk done, that is all of them."""
+    from robustzoo.card import wilson
+
+    plan, entries = Plan(), zoo_entries(Plan())
+    checked = 0
+    for name in FROM_CELLS:
+        e = entries[name]
+        if e["kind"] == "backbone":
+            continue
+        chunks = [REPRO / "cells" / f"aa-{e['arm']}-s0-{a:05d}-{a + plan.aa_chunk:05d}.json"
+                  for a in range(0, plan.aa_n, plan.aa_chunk)]
+        if not all(c.exists() for c in chunks):
+            continue
+        m = REGISTRY[name].metrics
+        robust = sum(json.loads(c.read_text())["robust"] for c in chunks)
+        assert m["autoattack_n"] == plan.aa_n >= 500 and m["autoattack"] == round(100 * robust / plan.aa_n, 2)
+        assert m["autoattack_ci95"] == pytest.approx(wilson(robust, plan.aa_n), abs=0.01)
+        checked += 1
+    assert checked >= 3
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_embedded_weight_loads_offline_and_matches_hash(name):
     spec = REGISTRY[name]
