@@ -36,6 +36,11 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     return (0.0 if k <= 0 else max(0.0, lo)), (100.0 if k >= n else min(100.0, hi))  # exact at the ends
 
 
+def subset_interval(pct_value: float, n: int) -> tuple[float, float]:
+    """The 95 % Wilson interval of an accuracy (in %) measured on ``n`` images: k = its robust-image count."""
+    return wilson(round(pct_value * n / 100), n)
+
+
 def format_metrics(metrics: Mapping[str, object]) -> str:
     """One-line summary of a ``metrics`` or ``paper_metrics`` mapping, accuracies in %.
 
@@ -54,7 +59,7 @@ def format_metrics(metrics: Mapping[str, object]) -> str:
         if v is not None:
             ci = ""
             if key in _WITH_INTERVAL and sub:  # the interval of k robust images out of sub
-                lo, hi = wilson(round(v * sub / 100), int(sub))
+                lo, hi = subset_interval(v, int(sub))
                 ci = f" [{lo:.1f}, {hi:.1f}]"
             parts.append(f"{name} {v:.2f}{ci}" + (f" (first {sub:.0f})" if sub is not None and n and sub < n else ""))
     pretext = sorted(k for k in metrics if k.startswith(("pretext_clean_", "pretext_robust_")))

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from .card import pct as _pct
+from .card import subset_interval as _subset_interval
 from .card import table as _table
-from .card import wilson as _wilson
 from .errors import RobustZooError
 
 __all__ = ["main"]
@@ -39,7 +39,7 @@ def _autoattack(spec) -> str:
     v, n = spec.metrics.get("autoattack"), spec.metrics.get("autoattack_n")
     if not isinstance(v, (int, float)) or not isinstance(n, int) or n <= 0:
         return "-"
-    lo, hi = _wilson(round(v * n / 100), n)
+    lo, hi = _subset_interval(v, n)
     return f"{v:.1f} [{lo:.1f},{hi:.1f}]/{n}"  # at most 25 characters: the table stays within 100 columns
 
 
