@@ -51,7 +51,8 @@ def build(plan, out: Path) -> dict:
             "merged": time.strftime("%Y-%m-%d %H:%M"),
             "plan": asdict(plan), "interval": "95% Student-t on the paired differences over fine-tuning seeds",
             "pretraining": pretrain_records(kinds["pretrain"]), "cells": records,
-            "comparisons": comparisons(records, plan.labels), "autoattack": aa_records(kinds["aa"])}
+            "comparisons": comparisons(records, plan.labels),
+            "autoattack": aa_records(kinds["aa"], {c["key"]: c for c in kinds["finetune"] + kinds["ensemble"]})}
 
 
 def _cpus(cells: list[dict]) -> dict:
@@ -103,8 +104,10 @@ def markdown(res: dict) -> str:
         seeds = ", ".join(map(str, c.get("pretrain_seeds", []))) or "-"
         comp.append(f"| {c['comparison']} | {c['claim']} | {c['n_pairs']} | {seeds} | {_fmt(c['diff_mean'])} | {ci} | "
                     f"{c['verdict']} |")
-    aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson |", "|---|---|---|---|"]
-    aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] |"
+    aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson | PGD-20, same images | robust to AutoAttack, "
+          "fooled by PGD-20 |", "|---|---|---|---|---|---|"]
+    aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] | "
+           f"{a.get('pgd20_same_images') or '-'} | {a.get('aa_robust_pgd20_fooled', '-')} |"
            for a in res["autoattack"] if a["n"]]
     pt = ["| pretraining | seed | pool | passes | pretext val score per pass | change over the last 3 passes "
           "(points) | hours (sum of the passes, wall) |", "|---|---|---|---|---|---|---|"]

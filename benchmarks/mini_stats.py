@@ -183,17 +183,29 @@ def mode_comparisons(other: list[dict], adv_full: dict[str, dict[int, dict]]) ->
     return out
 
 
-def aa_records(cells: list[dict]) -> list[dict]:
-    """AutoAttack per arm over the contiguous chunks from image 0, with the 95 % Wilson interval."""
+def aa_records(cells: list[dict], classifiers: dict[str, dict] | None = None) -> list[dict]:
+    """AutoAttack per arm over the contiguous chunks from image 0, with the 95 % Wilson interval.
+
+    With ``classifiers`` (fine-tune cells by key), each arm also gets PGD-20 on the same images from its
+    classifier's per-image record, and how many images AutoAttack left robust that PGD-20 fooled: AutoAttack
+    includes a stronger PGD (APGD-CE), so it should score at or below PGD-20 and that count should be near 0."""
     out = []
     for arm in sorted({c["arm"] for c in cells}):
         n = k = clean = 0
+        bits, source = "", None
         for c in sorted((c for c in cells if c["arm"] == arm), key=lambda c: c["start"]):
             if c["start"] != n:
                 break
             n, k, clean = c["end"], k + c["robust"], clean + c["clean"]
+            bits += c.get("robust_per_image", "")
+            source = (c.get("recipe") or {}).get("classifier_cell") if isinstance(c.get("recipe"), dict) else None
         lo, hi = wilson(k, n)
-        out.append({"arm": arm, "seed": cells[0]["seed"], "n": n, "robust": k, "clean": clean,
-                    "autoattack": round(100 * k / n, 2) if n else None, "wilson_low": round(lo, 2),
-                    "wilson_high": round(hi, 2)})
+        rec = {"arm": arm, "seed": cells[0]["seed"], "n": n, "robust": k, "clean": clean,
+               "autoattack": round(100 * k / n, 2) if n else None, "wilson_low": round(lo, 2),
+               "wilson_high": round(hi, 2), "pgd20_same_images": None, "aa_robust_pgd20_fooled": None}
+        pgd = ((classifiers or {}).get(source) or {}).get("pgd20_per_image", "")[:n]
+        if n and len(bits) == n and len(pgd) == n:
+            rec["pgd20_same_images"] = round(100 * pgd.count("1") / n, 2)
+            rec["aa_robust_pgd20_fooled"] = sum(a == "1" and b == "0" for a, b in zip(bits, pgd))
+        out.append(rec)
     return out

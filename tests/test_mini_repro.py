@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import mini_repro  # noqa: E402
 from mini_report import build, merge  # noqa: E402
-from mini_stats import epochs_to_reach, paired_t, t_quantile, verdict, wilson  # noqa: E402
+from mini_stats import aa_records, epochs_to_reach, paired_t, t_quantile, verdict, wilson  # noqa: E402
 
 
 @pytest.mark.parametrize("p,df,want", [(0.975, 1, 12.706204736), (0.975, 7, 2.364624252), (0.975, 30, 2.042272456),
@@ -44,6 +44,18 @@ def test_wilson_interval():
     lo, hi = wilson(0, 4)
     assert lo == 0.0 and hi == pytest.approx(48.99, abs=0.01)
     assert wilson(10, 10)[1] == pytest.approx(100.0)
+
+
+def test_autoattack_is_set_beside_pgd20_on_the_same_images():
+    chunks = [{"arm": "a", "seed": 0, "start": 0, "end": 4, "robust": 2, "clean": 4, "robust_per_image": "1100",
+               "recipe": {"classifier_cell": "ft-a"}},
+              {"arm": "a", "seed": 0, "start": 4, "end": 6, "robust": 2, "clean": 2, "robust_per_image": "11",
+               "recipe": {"classifier_cell": "ft-a"}}]
+    (rec,) = aa_records(chunks, {"ft-a": {"pgd20_per_image": "1010110000"}})
+    assert (rec["n"], rec["autoattack"], rec["pgd20_same_images"]) == (6, 66.67, 66.67)
+    assert rec["aa_robust_pgd20_fooled"] == 1  # image 1: robust to AutoAttack, fooled by PGD-20
+    (rec,) = aa_records(chunks)  # no classifier records: the comparison is left out, not guessed
+    assert rec["pgd20_same_images"] is None and rec["aa_robust_pgd20_fooled"] is None
 
 
 def test_epochs_to_reach():
@@ -329,6 +341,10 @@ def test_the_committed_results_are_what_the_committed_cells_give():
     fresh = build(mini_repro.Plan(), mini_repro.OUT)
     assert fresh["cells_done"] == committed["cells_done"], "new cells: run python benchmarks/mini_repro.py merge"
     assert fresh["cells"] == committed["cells"] and fresh["comparisons"] == committed["comparisons"]
+    assert fresh["autoattack"] == committed["autoattack"]
+    for aa in committed["autoattack"]:  # AutoAttack contains a stronger PGD: it may not beat PGD-20's robustness
+        assert aa["pgd20_same_images"] is not None, aa["arm"]
+        assert aa["autoattack"] <= aa["pgd20_same_images"] and aa["aa_robust_pgd20_fooled"] == 0, aa
     pgd = {(c["arm"], c["seed"], c["labels"]): c["pgd20"] for c in committed["cells"] if c["mode"] == "adv-full"}
     for comp in committed["comparisons"]:
         arm, _, base = comp["comparison"].partition(" - ")
