@@ -192,10 +192,11 @@ def ensemble_file(cell: dict, plan, out: Path, folder: Path, name: str, *, keep:
     from robustzoo.weights import load_file
 
     files = [member_file(plan, out, k, a, cell["seed"]) for k, a in zip(cell["recipe"]["members"], ENSEMBLE_MEMBERS)]
-    ens = SoftmaxEnsemble([load_file(f) for f in files]).state_dict()
+    model = SoftmaxEnsemble([load_file(f) for f in files])
+    ens = model.state_dict()
     kept = kept_path(out, "ens-ft", cell["seed"], cell["labels"])
     if not kept.exists():
-        written = save_pretrained(SoftmaxEnsemble([load_file(f) for f in files]), folder / "tmp", name=name)
+        written = save_pretrained(model, folder / "tmp", name=name)
         if not keep:
             kept = written
         else:

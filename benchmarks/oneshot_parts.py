@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -37,10 +36,10 @@ def left(deadline: float) -> float:
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomic rewrite, so a part killed mid-write leaves the previous complete file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    """Atomic rewrite (robustzoo's one atomic writer), so a part killed mid-write leaves the previous file."""
+    from robustzoo.weights import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str)))
 
 
 def run(part: str, work: Path, deadline: float, data_dir: Path, cfg: dict, smoke: bool) -> int:
