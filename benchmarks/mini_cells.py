@@ -110,11 +110,12 @@ def run_finetune(cell, plan, out: Path) -> dict:
                        for r in res.history],
            "best_epoch": res.best_epoch, "train_seconds": round(train_s, 1), **test_model(res.model, plan, cell.seed),
            "machine": MACHINE, "date": time.strftime("%Y-%m-%d")}
-    from mini_repro import ENSEMBLE_MEMBERS
+    from mini_repro import ENSEMBLE_MEMBERS, FT_ARMS
 
     # kept (and committed): the seed-0 classifiers (AutoAttack, the zoo entries) and every ensemble member,
     # whose ens-ft cell may run sessions later on another machine, where a refit is not bit-exact
-    if (mode, labels) == ("adv-full", plan.labels) and (cell.seed == plan.ft_seeds[0] or cell.arm in ENSEMBLE_MEMBERS):
+    first = cell.seed == plan.ft_seeds[0] and cell.arm in FT_ARMS  # not the pool control: no zoo entry, no AA
+    if (mode, labels) == ("adv-full", plan.labels) and (first or cell.arm in ENSEMBLE_MEMBERS):
         keep = kept_path(out, cell.arm, cell.seed, labels)
         keep.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path(out, cell.key), keep)

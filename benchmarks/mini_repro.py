@@ -18,7 +18,8 @@ are in benchmarks/RESULTS.md, section "Mini-reproduction"):
   a fixed subset for the seed-0 model of each arm, in chunks (``benchmarks/aa_chunks.py`` style);
 * last, the paper's other fine-tuning modes (standard partial and full) for the rot-std and rot-adv
   backbones on ``Plan.mode_seeds``, then a second label budget (``Plan.more_labels``) for rot-adv
-  vs scratch on ``Plan.more_labels_seeds``, both compared apart from the three claims.
+  vs scratch on ``Plan.more_labels_seeds``, both compared apart from the three claims; then the pool
+  control of claim 3a: rot-adv pretrained on the ensemble's own pool and passes (``POOL_CONTROL``).
 
 Every cell is one JSON file under ``benchmarks/repro/cells`` (atomic, tagged with the commit and
 the recipe); ``work`` runs the next cell nobody holds (a file lock per cell, so 2 workers share the
@@ -51,7 +52,12 @@ import mini_queue  # noqa: E402
 from mini_lib import EPS, MACHINE, ROOT  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "repro"
-PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18"}
+# POOL_CONTROL: rotation (adversarial) pretrained on exactly the ensemble's pool and passes (same pretraining seed,
+# same images), so claim 3a can be read apart from the smaller pool the ensemble had to use
+POOL_CONTROL = "rot-adv-20k"
+PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18",
+             POOL_CONTROL: "rot-adv-r18"}
+SMALL_POOL = ("ens-adv", POOL_CONTROL)  # pretrained on Plan.ens_pool for Plan.ens_passes
 FT_ARMS = ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv")
 ENSEMBLE_MEMBERS = ("rot-adv", "jig-adv", "ens-adv")  # the fine-tuned 3-model softmax ensemble ("ens-ft")
 
@@ -91,6 +97,8 @@ class Plan:
     more_labels: int = 10000
     more_labels_arms: tuple = ("scratch", "rot-adv")
     more_labels_seeds: tuple = (0, 1, 2, 3)
+    # the pool control (POOL_CONTROL) for claim 3a, queued after everything else
+    pool_control_seeds: tuple = tuple(range(8))
 
     def pretrain_seed(self, seed: int, arm: str) -> int | None:
         """Fine-tuning seed -> pretraining seed of its backbone (alternating, so both are covered)."""
@@ -102,7 +110,7 @@ class Plan:
 SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt_val_fraction=0.1, pt_test_n=32,
              pt_batch=32, pt_seeds=(0,), labels=64, val_labels=32, ft_seeds=(0,), ft_epochs=1, ft_batch=32,
              val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=(), more_labels=128,
-             more_labels_seeds=())
+             more_labels_seeds=(), pool_control_seeds=())
 
 EPILOG = ("Runtime: about 25 one-thread CPU hours in all, as resumable cells of minutes each (work); status and "
           "merge take seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
@@ -120,7 +128,7 @@ def commit() -> str:
 def pretrain_overrides(plan: Plan, arm: str, pseed: int, out_dir: Path) -> dict:
     """Flat overrides for ``training.recipes.resolve``: one optimiser for every arm (so arms differ only in
     the task), the Fashion-MNIST threat model, PGD-3 pretraining, the pool and the passes of the plan."""
-    ens = arm == "ens-adv"
+    ens = arm in SMALL_POOL
     return dict(width=plan.width, in_chans=1, dataset=plan.dataset, eps=EPS, alpha=plan.alpha,
                 attack_steps=plan.steps, subset=plan.ens_pool if ens else plan.pool,
                 val_fraction=plan.pt_val_fraction, crop_pad=2, epochs=plan.ens_passes if ens else plan.pt_passes,
@@ -147,7 +155,7 @@ def run_pretrain(plan: Plan, out: Path, arm: str, pseed: int) -> dict:
     report = pretrain(recipe, resume=True)
     metric = "val_score"
     return {"kind": "pretrain", "arm": arm, "pretrain_seed": pseed, "commit": commit(), "recipe": PT_RECIPE[arm],
-            "overrides": overrides, "pool": (plan.ens_pool if arm == "ens-adv" else plan.pool) or 60000,
+            "overrides": overrides, "pool": (plan.ens_pool if arm in SMALL_POOL else plan.pool) or 60000,
             "passes": recipe.epochs, "best_epoch": report["best_epoch"], "test": report["test"],
             "curve": [{k: v for k, v in r.items() if k.startswith(("epoch", "train_", "val_", "seconds"))}
                       for r in report["history"]],
@@ -189,7 +197,8 @@ def all_cells(plan: Plan) -> list[Cell]:
     then the first fine-tuning seed (whose classifiers become zoo entries, so they exist early), then
     the other pretraining seeds' single-task backbones and the remaining fine-tuning seeds (so the
     single-task comparisons complete early), then the other seeds' ensemble pretraining (3.5 CPU h
-    each), then AutoAttack, then the secondary fine-tuning modes, then the larger label budget. Fine-tuning
+    each), then AutoAttack, then the secondary fine-tuning modes, then the larger label budget, then the pool
+    control of claim 3a (``POOL_CONTROL``: its backbones, then its fine-tuning seeds). Fine-tuning
     cells whose backbone is not there yet are skipped until it is."""
     def pretrain_cells(pseed: int, arms: tuple) -> list[Cell]:
         return [Cell(pt_key(arm, pseed), "pretrain", arm, pretrain_seed=pseed) for arm in arms]
@@ -229,6 +238,12 @@ def all_cells(plan: Plan) -> list[Cell]:
             p = plan.pretrain_seed(seed, arm)
             cells.append(Cell(ft_key(arm, seed, plan, labels=plan.more_labels), "finetune", arm, seed, p,
                               deps=() if p is None else (pt_key(arm, p),), labels=plan.more_labels))
+    for pseed in sorted({plan.pretrain_seed(s, POOL_CONTROL) for s in plan.pool_control_seeds}):
+        cells += pretrain_cells(pseed, (POOL_CONTROL,))
+    for seed in plan.pool_control_seeds:
+        p = plan.pretrain_seed(seed, POOL_CONTROL)
+        cells.append(Cell(ft_key(POOL_CONTROL, seed, plan), "finetune", POOL_CONTROL, seed, p, deps=(pt_key(
+            POOL_CONTROL, p),)))
     return cells
 
 

@@ -218,9 +218,15 @@ def test_the_larger_budget_contains_the_smaller_and_keeps_validation_apart():
 def test_pairing_uses_the_same_seed_and_alternates_backbones():
     cells = [c for c in mini_repro.all_cells(mini_repro.Plan()) if c.kind == "finetune" and c.mode == "adv-full"
              and not c.labels]
-    assert len(cells) == 5 * 8
+    assert len(cells) == 6 * 8  # 5 arms and the pool control
     assert {c.pretrain_seed for c in cells if c.arm == "rot-adv"} == {0, 1}
     assert all(c.deps == (f"pt-{c.arm}-p{c.pretrain_seed}",) for c in cells if c.arm != "scratch")
+    # the pool control pretrains rotation on exactly the ensemble's images, passes and schedule
+    for pseed in (0, 1):
+        control = mini_repro.pretrain_overrides(mini_repro.Plan(), mini_repro.POOL_CONTROL, pseed, Path("x"))
+        ens = mini_repro.pretrain_overrides(mini_repro.Plan(), "ens-adv", pseed, Path("x"))
+        assert control == ens and control["subset"] == 20000
+    assert [c.arm for c in mini_repro.all_cells(mini_repro.Plan())][-10:] == [mini_repro.POOL_CONTROL] * 10
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
@@ -268,6 +274,8 @@ def test_the_w8_recipes_are_the_pretraining_of_the_reproduction(tmp_path):
     from training.recipes import RECIPES, resolve
 
     for arm, base in mini_repro.PT_RECIPE.items():
+        if arm == mini_repro.POOL_CONTROL:  # a control of the experiment, not a published recipe
+            continue
         ran = resolve(base, mini_repro.pretrain_overrides(mini_repro.Plan(), arm, 0, tmp_path))
         assert replace(RECIPES[f"{base}-w8-fmnist"], name=base, out_dir=str(tmp_path), progress=False) == ran
 
