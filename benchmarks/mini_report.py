@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mini_lib import MACHINE, ROOT
-from mini_stats import aa_records, cell_records, comparisons
+from mini_stats import POOL_CONTROL, aa_records, cell_records, comparisons
 
 SECTION = "<!-- section: mini_repro (demo helper) -->"
 # a pretraining cell's own process counter covers only its last session: a resumed run counts its passes
@@ -70,7 +70,7 @@ def markdown(res: dict) -> str:
             "running, and every number below may change.**\n\n" if res["partial"] else "")
     rows = ["| arm | seeds | clean (mean) | PGD-20 (mean) | epochs to scratch's final val RA |",
             "|---|---|---|---|---|"]
-    for arm in ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv", "ens-ft"):
+    for arm in ("scratch", "rot-std", "rot-adv", "jig-adv", "ens-adv", "ens-ft", POOL_CONTROL):
         cs = [c for c in res["cells"] if (c["arm"], c["mode"], c["labels"]) == (arm, "adv-full", p["labels"])]
         if cs:
             ett = [str(c["epochs_to_target"]) if c["epochs_reached"] else f">{p['ft_epochs']}" for c in cs
@@ -144,12 +144,21 @@ def scope(p: dict) -> str:
             f"pretrains on a random {p['ens_pool']:,} of them, drawn with the pretraining seed (a step costs 8-12x a "
             "single adversarial task's, benchmarks/RESULTS.md, so 60,000 images do not fit the budget), for as "
             "many passes, so a third of the steps: claim 3a (ens-adv - best single pretext) compares a smaller-pool "
-            "ensemble with larger-pool single tasks, and its verdict cannot be told apart from that difference. "
+            f"ensemble with larger-pool single tasks. {pool_control_scope(p)} "
             f"Every figure is on {p['labels']:,} labels unless a row says otherwise; the claims use adversarial full "
             "fine-tuning. The paper's "
             f"other modes, {' and '.join(p.get('extra_modes', ())) or 'none'} (standard cross-entropy; partial "
             f"trains layer4 and the head), queued last, only for {', '.join(p.get('mode_arms', ()))} on seeds "
             f"{', '.join(map(str, p.get('mode_seeds', ())))} (rows 'table:'). {more_labels_scope(p)}")
+
+
+def pool_control_scope(p: dict) -> str:
+    if not p.get("pool_control_seeds"):
+        return "Its verdict cannot be told apart from that difference (no pool control was run)."
+    return (f"To separate the two, {POOL_CONTROL} pretrains rotation (adversarial) on exactly the ensemble's images, "
+            "passes and schedule (the same pretraining seeds), queued after everything else, fine-tuned on seeds "
+            f"{', '.join(map(str, p['pool_control_seeds']))}: row 'ens-adv - {POOL_CONTROL}' is the task with the "
+            f"pool fixed, row 'rot-adv - {POOL_CONTROL}' the pool with the task fixed.")
 
 
 def last_change(curve: list[float], k: int = 3) -> str:

@@ -50,11 +50,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mini_queue  # noqa: E402
 from mini_lib import EPS, MACHINE, ROOT  # noqa: E402
+from mini_stats import POOL_CONTROL  # noqa: E402  (rot-adv on exactly the ensemble's pool: claim 3a's control)
 
 OUT = ROOT / "benchmarks" / "repro"
-# POOL_CONTROL: rotation (adversarial) pretrained on exactly the ensemble's pool and passes (same pretraining seed,
-# same images), so claim 3a can be read apart from the smaller pool the ensemble had to use
-POOL_CONTROL = "rot-adv-20k"
 PT_RECIPE = {"rot-std": "rot-std-r18", "rot-adv": "rot-adv-r18", "jig-adv": "jig-adv-r18", "ens-adv": "ens-adv-r18",
              POOL_CONTROL: "rot-adv-r18"}
 SMALL_POOL = ("ens-adv", POOL_CONTROL)  # pretrained on Plan.ens_pool for Plan.ens_passes

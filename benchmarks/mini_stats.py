@@ -17,6 +17,8 @@ from robustzoo.card import wilson  # the one Wilson interval (robustzoo list and
 
 Z95 = 1.959963984540054
 SINGLE = ("rot-adv", "jig-adv")
+# rotation (adversarial) pretrained on the ensemble's own pool and passes: claim 3a's control for the pool size
+POOL_CONTROL = "rot-adv-20k"
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -140,6 +142,11 @@ def comparisons(records: list[dict], labels: int) -> list[dict]:
     best = [(arm["ens-adv"][s], _best_by_val(records, SINGLE, s)) for s in seeds]
     out.append(_compare("ens-adv - best single pretext", "3a: ensemble pretraining beats the best single task",
                         [(a, b) for a, b in best if b is not None], "pgd20"))
+    if POOL_CONTROL in arm:  # the same pretraining images, passes and seed as the ensemble: only the task differs
+        out.append(_compare(f"ens-adv - {POOL_CONTROL}", "3a (control): ensemble vs rotation on the ensemble's pool",
+                            pair("ens-adv", POOL_CONTROL), "pgd20"))
+        out.append(_compare(f"rot-adv - {POOL_CONTROL}", "3a (control): the pool, 60,000 vs 20,000 images",
+                            pair("rot-adv", POOL_CONTROL), "pgd20"))
     seeds = sorted(arm.get("ens-ft", {}))
     best = [(arm["ens-ft"][s], _best_by_val(records, ("rot-adv", "jig-adv", "ens-adv"), s)) for s in seeds]
     out.append(_compare("ens-ft - best member", "3b: the fine-tuned 3-model softmax ensemble beats its best member",

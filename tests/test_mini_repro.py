@@ -65,7 +65,8 @@ def test_epochs_to_reach():
 
 
 PLAN = replace(mini_repro.SMOKE, ft_seeds=tuple(range(6)), pt_seeds=(0, 1), ft_epochs=3, aa_n=100, aa_chunk=50)
-SHIFT = {"scratch": 0.0, "rot-std": 0.5, "rot-adv": 2.0, "jig-adv": -3.0, "ens-adv": 0.0, "ens-ft": 1.0}
+SHIFT = {"scratch": 0.0, "rot-std": 0.5, "rot-adv": 2.0, "jig-adv": -3.0, "ens-adv": 0.0, "ens-ft": 1.0,
+         "rot-adv-20k": 1.0}
 
 
 MODE_PGD = {("rot-std", "partial"): 10.0, ("rot-adv", "partial"): 25.0, ("rot-std", "full"): 1.0,
@@ -437,12 +438,16 @@ def recompute_every_interval(res: dict) -> int:
 
 
 def test_every_kind_of_comparison_is_recomputed_from_the_json_of_a_full_synthetic_run(tmp_path):
-    plan = replace(PLAN, mode_seeds=(0, 1, 2), more_labels_seeds=(0, 1, 2))
+    plan = replace(PLAN, mode_seeds=(0, 1, 2), more_labels_seeds=(0, 1, 2), pool_control_seeds=(0, 1, 2))
     _write_synthetic(tmp_path, plan=plan)
     merge(plan, tmp_path, tmp_path / "mini_repro.json")
     data = json.loads((tmp_path / "mini_repro.json").read_text())
-    # claims 1-3, the modes' table rows and the larger budget's: 16 comparisons, all with 3 or more pairs
-    assert recompute_every_interval(data) == len(data["comparisons"]) == 16
+    # claims 1-3, claim 3a's pool control, the modes' table rows and the larger budget's: 18 comparisons,
+    # all with 3 or more pairs
+    assert recompute_every_interval(data) == len(data["comparisons"]) == 18
+    comp = {c["comparison"]: c for c in data["comparisons"]}
+    assert comp["ens-adv - rot-adv-20k"]["n_pairs"] == 3 and comp["rot-adv - rot-adv-20k"]["verdict"] == "holds"
+    assert "row 'ens-adv - rot-adv-20k' is the task with the pool fixed" in (tmp_path / "mini_repro.md").read_text()
 
 
 def test_every_interval_in_the_committed_json_is_recomputed_from_its_cell_records_alone():
