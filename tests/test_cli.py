@@ -295,9 +295,10 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path):
     import time
 
     out = tmp_path / "ft"
-    # 20 short epochs: the interrupt must land between the first checkpoint and the end of the run, and
-    # on a loaded machine this process may see the checkpoint late (with 3 epochs the run once finished first)
-    argv = ["finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "96", "--epochs", "20", "--steps",
+    # the interrupt must land between the first checkpoint and the end of the run, and on a loaded machine
+    # this process may see the checkpoint late: with 3 epochs of 96 images, and once with 20 (about 5 s of
+    # training), the run finished first. 20 epochs of 384 images: about 1 s each here, a window of ~20 s
+    argv = ["finetune", "rot-adv-r18-w8-fmnist", "--data", "fmnist-mini", "--n", "384", "--epochs", "20", "--steps",
             "1", "--eval-steps", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "ROBUSTZOO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "robustzoo", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
