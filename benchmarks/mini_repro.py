@@ -39,6 +39,7 @@ RESULTS.md block) from whatever cells exist; MODEL_CARD.md renders its block fro
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -114,7 +115,10 @@ EPILOG = ("Runtime: about 25 one-thread CPU hours in all, as resumable cells of 
           "merge take seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
           "benchmarks/mini_repro.json/.md/.png.")
 
+@functools.cache
 def commit() -> str:
+    """The code commit of this process, read once when its work starts (``work``/``run_one`` call it first):
+    a cell names the code that ran it, not whatever the checkout holds when the cell ends hours later."""
     from training.checkpoint import git_commit
 
     return git_commit()
@@ -264,12 +268,14 @@ def work(plan: Plan, out: Path, worker: int, *, max_cells: int | None = None, ki
     """Run the plan's cells in queue order until none is left that this worker can take (see
     ``mini_queue.work``: a file and a lock per cell, so workers share the queue; a killed pretraining
     resumes from its last epoch checkpoint); returns the number run."""
+    commit()
     return mini_queue.work(all_cells(plan), _runner(plan, out), out, worker, max_cells=max_cells, kinds=kinds,
                            wait=wait)
 
 
 def run_one(plan: Plan, out: Path, key: str) -> None:
     """Reproduce one cell (``cell KEY``), running first whatever cells it depends on that ``out`` lacks."""
+    commit()
     mini_queue.run_one(all_cells(plan), _runner(plan, out), out, key)
 
 

@@ -270,6 +270,23 @@ def test_a_failing_cell_is_recorded_and_skipped(tmp_path, monkeypatch):
     assert any("ft-scratch-s0-n64" in r and "FAILED" in r for r in mini_repro.status(mini_repro.SMOKE, tmp_path))
 
 
+def test_a_cell_names_the_commit_its_worker_started_from(tmp_path, monkeypatch):
+    """A checkout edited while a cell runs (for hours) must not relabel the code that ran it."""
+    import training.checkpoint
+
+    heads = iter(["abc (at start)", "def-dirty (edited later)"])
+    monkeypatch.setattr(training.checkpoint, "git_commit", lambda: next(heads))
+    mini_repro.commit.cache_clear()
+    monkeypatch.setattr(mini_repro, "run_cell",
+                        lambda cell, plan, out: {"kind": cell.kind, "commit": mini_repro.commit()})
+    try:
+        assert mini_repro.work(mini_repro.SMOKE, tmp_path, 0, max_cells=2) == 2
+    finally:
+        mini_repro.commit.cache_clear()
+    cells = [json.loads(f.read_text()) for f in (tmp_path / "cells").glob("*.json")]
+    assert len(cells) == 2 and {c["commit"] for c in cells} == {"abc (at start)"}
+
+
 def test_the_w8_recipes_are_the_pretraining_of_the_reproduction(tmp_path):
     """``training/reproduce.py {arm}-r18-w8-fmnist`` reruns exactly the pretraining cell of seed 0."""
     from training.recipes import RECIPES, resolve
