@@ -64,6 +64,10 @@ def _fmt(v, nd: int = 2) -> str:
     return "-" if v is None else f"{v:+.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _or_dash(v) -> str:
+    return "-" if v is None else str(v)
+
+
 def markdown(res: dict) -> str:
     p = res["plan"]
     head = (f"**PARTIAL: {res['cells_done']} of {res['cells_planned']} cells done; the experiment is still "
@@ -107,7 +111,7 @@ def markdown(res: dict) -> str:
     aa = ["| arm (seed 0) | AutoAttack images | robust | 95% Wilson | PGD-20, same images | robust to AutoAttack, "
           "fooled by PGD-20 |", "|---|---|---|---|---|---|"]
     aa += [f"| {a['arm']} | first {a['n']} | {a['autoattack']} | [{a['wilson_low']}, {a['wilson_high']}] | "
-           f"{a.get('pgd20_same_images') or '-'} | {a.get('aa_robust_pgd20_fooled', '-')} |"
+           f"{_or_dash(a.get('pgd20_same_images'))} | {_or_dash(a.get('aa_robust_pgd20_fooled'))} |"
            for a in res["autoattack"] if a["n"]]
     pt = ["| pretraining | seed | pool | passes | pretext val score per pass | change over the last 3 passes "
           "(points) | hours (sum of the passes, wall) |", "|---|---|---|---|---|---|---|"]

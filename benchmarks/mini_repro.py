@@ -111,7 +111,7 @@ SMOKE = Plan(width=0.0625, pt_passes=1, ens_passes=1, ens_pool=300, pool=600, pt
              val_steps=1, test_n=64, aa_n=0, dataset="fashion-mnist", mode_seeds=(), more_labels=128,
              more_labels_seeds=(), pool_control_seeds=())
 
-EPILOG = ("Runtime: about 25 one-thread CPU hours in all, as resumable cells of minutes each (work); status and "
+EPILOG = ("Runtime: about 27 one-thread CPU hours in all, as resumable cells of minutes each (work); status and "
           "merge take seconds. Writes benchmarks/repro/ (cells, checkpoints) and, on merge, "
           "benchmarks/mini_repro.json/.md/.png.")
 
@@ -157,7 +157,7 @@ def run_pretrain(plan: Plan, out: Path, arm: str, pseed: int) -> dict:
     report = pretrain(recipe, resume=True)
     metric = "val_score"
     return {"kind": "pretrain", "arm": arm, "pretrain_seed": pseed, "commit": commit(), "recipe": PT_RECIPE[arm],
-            "overrides": overrides, "pool": (plan.ens_pool if arm in SMALL_POOL else plan.pool) or 60000,
+            "overrides": overrides, "pool": overrides["subset"] or 60000,
             "passes": recipe.epochs, "best_epoch": report["best_epoch"], "test": report["test"],
             "curve": [{k: v for k, v in r.items() if k.startswith(("epoch", "train_", "val_", "seconds"))}
                       for r in report["history"]],
@@ -244,8 +244,8 @@ def all_cells(plan: Plan) -> list[Cell]:
         cells += pretrain_cells(pseed, (POOL_CONTROL,))
     for seed in plan.pool_control_seeds:
         p = plan.pretrain_seed(seed, POOL_CONTROL)
-        cells.append(Cell(ft_key(POOL_CONTROL, seed, plan), "finetune", POOL_CONTROL, seed, p, deps=(pt_key(
-            POOL_CONTROL, p),)))
+        cells.append(Cell(ft_key(POOL_CONTROL, seed, plan), "finetune", POOL_CONTROL, seed, p,
+                          deps=(pt_key(POOL_CONTROL, p),)))
     return cells
 
 

@@ -205,7 +205,7 @@ def aa_records(cells: list[dict], classifiers: dict[str, dict] | None = None) ->
                 break
             n, k, clean = c["end"], k + c["robust"], clean + c["clean"]
             bits += c.get("robust_per_image", "")
-            source = (c.get("recipe") or {}).get("classifier_cell") if isinstance(c.get("recipe"), dict) else None
+            source = c.get("recipe", {}).get("classifier_cell")
         lo, hi = wilson(k, n)
         rec = {"arm": arm, "seed": cells[0]["seed"], "n": n, "robust": k, "clean": clean,
                "autoattack": round(100 * k / n, 2) if n else None, "wilson_low": round(lo, 2),
