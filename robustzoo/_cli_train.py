@@ -91,17 +91,54 @@ def _needs_head(name: str, model) -> None:
             f"`robustzoo info {name}`")
 
 
+def file_record(model) -> dict:
+    """The eps and data set that a file written by ``robustzoo finetune`` (or the ``best/`` folder of
+    ``finetune(checkpoint_dir=...)``) records in its metadata, so that its eval attacks it at the budget it
+    was trained for. Missing or malformed fields are left out: the caller then uses its documented default."""
+    meta = getattr(model, "pretrained_meta", None) or {}
+    try:
+        settings = json.loads(meta.get("finetune", "{}"))
+    except ValueError:
+        settings = {}
+    out = {}
+    eps = settings.get("eps") if isinstance(settings, dict) else None
+    if isinstance(eps, (int, float)) and 0 < eps <= 1:
+        out["eps"] = float(eps)
+    if isinstance(meta.get("dataset"), str) and meta["dataset"]:
+        out["dataset"] = meta["dataset"]
+    return out
+
+
+def _eval_defaults(args: argparse.Namespace, spec, model) -> tuple[float, str, str]:
+    """eps, data set and where the eps came from: the option, the registry record, the file, or FALLBACK."""
+    own = file_record(model) if spec is None else {}
+    if args.eps is not None:
+        eps, source = _pixel(args, "eps", None), "--eps"
+    elif spec is not None and spec.attack:
+        eps, source = float(spec.attack["eps"]), "the registry record"
+    elif "eps" in own:
+        eps, source = own["eps"], "the file's fine-tuning record"
+    else:
+        eps, source = FALLBACK["eps"], "the default for a file with no record"
+    data = args.data or (spec.dataset if spec is not None else own.get("dataset"))
+    if not data:
+        raise DataError(f"{args.name} records no data set: pass --data (e.g. --data cifar10 or --data fmnist-mini)")
+    return eps, data, source
+
+
 def cmd_eval(args: argparse.Namespace, load) -> int:
     from . import __version__
     from .evaluation import evaluate
 
     spec = record(args.name)
-    attack = dict(spec.attack) if spec is not None and spec.attack else FALLBACK
-    eps, alpha = _pixel(args, "eps", attack["eps"]), _pixel(args, "alpha", None)
+    _pixel(args, "eps", None)  # a bad --eps fails now, not after the load
+    alpha = _pixel(args, "alpha", None)
     target = _json_target(args.json)
-    data = _data_name(args, spec)
+    if spec is None and not args.data and not Path(args.name).exists():
+        _data_name(args, spec)  # a Hub repo without --data: say so before downloading it
     model = load(args.name, args)
     _needs_head(args.name, model)
+    eps, data, source = _eval_defaults(args, spec, model)
     x, y = _load_data(args, data, args.split)
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
@@ -109,11 +146,12 @@ def cmd_eval(args: argparse.Namespace, load) -> int:
     rows = [[k, _pct(v)] for k, v in result.accuracy.items()]
 
     print(_table(rows, ["attack", "accuracy (%)"]))
-    print(f"model={args.name} data={data}:{args.split} n={result.n} eps={eps:.4g}")
+    print(f"model={args.name} data={data}:{args.split} n={result.n} eps={eps:.4g} (eps from {source})")
     if target is not None:
         report = {"model": args.name, "dataset": data, "split": args.split, "n": result.n,
                   "attack": {"norm": "linf", "eps": eps, "alpha": result.settings.get("alpha", alpha),
-                             "attacks": list(attacks), "restarts": args.restarts, "seed": args.seed},
+                             "attacks": list(attacks), "restarts": args.restarts, "seed": args.seed,
+                             "eps_from": source},
                   "accuracy": {k: round(v, 2) for k, v in result.accuracy.items()},
                   "robustzoo": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                       timespec="seconds"), "settings": result.settings}
@@ -243,8 +281,10 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
             print(f"\ninterrupted before the first epoch finished (nothing saved). Start again with:\n  {again}",
                   file=sys.stderr)
         return 130
+    # the data set and base travel with the weights, so `robustzoo eval OUT` needs neither --data nor --eps
     path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}",
-                           metadata={"finetune": json.dumps(result.settings, default=str)})
+                           metadata={"finetune": json.dumps(result.settings, default=str), "dataset": data_name,
+                                     "base": args.name})
     best = result.history[result.best_epoch - 1] if result.history else {}  # best_epoch is 1-based
     print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {_metric(k, v)}" for k, v in best.items()
                                                            if isinstance(v, float)))

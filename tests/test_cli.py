@@ -111,6 +111,27 @@ def test_eval_unknown_data_name_is_one_line(tiny_fmnist_model, capsys):
     assert err.startswith("error:") and "fashion-mnist" in err
 
 
+def test_eval_of_a_file_with_no_record_needs_data_and_says_its_eps_default(tiny_fmnist_model, capsys):
+    assert main(["eval", tiny_fmnist_model, "--n", "16", "--attacks", "clean"]) == 2
+    assert "records no data set: pass --data" in capsys.readouterr().err
+    assert main(["eval", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "16", "--attacks", "clean"]) == 0
+    assert "eps=0.03137 (eps from the default for a file with no record)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ({"finetune": json.dumps({"eps": 0.1}), "dataset": "fmnist-mini"}, {"eps": 0.1, "dataset": "fmnist-mini"}),
+    ({"finetune": json.dumps({"eps": 8 / 255})}, {"eps": 8 / 255}),  # finetune(checkpoint_dir=...)'s best/
+    ({"finetune": "{not json", "dataset": "fmnist-mini"}, {"dataset": "fmnist-mini"}),
+    ({"finetune": json.dumps({"eps": 8})}, {}),  # not a pixel-unit budget: ignored, not trusted
+    ({"finetune": json.dumps([0.1])}, {}),
+    ({}, {}),
+])
+def test_file_record_reads_only_well_formed_fields(meta, expected):
+    from robustzoo._cli_train import file_record
+
+    assert file_record(argparse.Namespace(pretrained_meta=meta)) == expected
+
+
 def test_finetune_unknown_mode_is_one_line(tiny_fmnist_model, capsys):
     assert main(["finetune", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "64", "--mode", "adv-ful"]) == 2
     assert "adv-full" in capsys.readouterr().err
@@ -280,6 +301,10 @@ def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_pat
     from robustzoo.weights import load_file
 
     assert load_file(tmp_path / "ft").num_classes == 10  # the headless backbone got a head sized from the labels
+    # the folder carries its data set and eps: eval needs neither --data nor --eps (the record says 0.1, not 8/255)
+    r = rz("eval", str(tmp_path / "ft"), "--n", "16", "--attacks", "clean,pgd1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "data=fmnist-mini:test n=16 eps=0.1 (eps from the file's fine-tuning record)" in r.stdout
 
 
 def test_resume_without_a_checkpoint_refuses_when_not_interactive(tmp_path):
