@@ -91,36 +91,14 @@ def _needs_head(name: str, model) -> None:
             f"`robustzoo info {name}`")
 
 
-def file_record(model) -> dict:
-    """The eps and data set that a file written by ``robustzoo finetune`` (or the ``best/`` folder of
-    ``finetune(checkpoint_dir=...)``) records in its metadata, so that its eval attacks it at the budget it
-    was trained for. Missing or malformed fields are left out: the caller then uses its documented default."""
-    meta = getattr(model, "pretrained_meta", None) or {}
-    try:
-        settings = json.loads(meta.get("finetune", "{}"))
-    except ValueError:
-        settings = {}
-    out = {}
-    eps = settings.get("eps") if isinstance(settings, dict) else None
-    if isinstance(eps, (int, float)) and 0 < eps <= 1:
-        out["eps"] = float(eps)
-    if isinstance(meta.get("dataset"), str) and meta["dataset"]:
-        out["dataset"] = meta["dataset"]
-    return out
-
-
 def _eval_defaults(args: argparse.Namespace, spec, model) -> tuple[float, str, str]:
-    """eps, data set and where the eps came from: the option, the registry record, the file, or FALLBACK."""
-    own = file_record(model) if spec is None else {}
-    if args.eps is not None:
-        eps, source = _pixel(args, "eps", None), "--eps"
-    elif spec is not None and spec.attack:
-        eps, source = float(spec.attack["eps"]), "the registry record"
-    elif "eps" in own:
-        eps, source = own["eps"], "the file's fine-tuning record"
-    else:
-        eps, source = FALLBACK["eps"], "the default for a file with no record"
-    data = args.data or (spec.dataset if spec is not None else own.get("dataset"))
+    """eps, data set and where the eps came from: --eps, else :func:`robustzoo.evaluate`'s own default
+    (the registry record, the file's fine-tuning record, 8/255); --data, else the record's data set."""
+    from .evaluation import recorded_eps
+    from .weights import finetune_record
+
+    eps, source = (_pixel(args, "eps", None), "--eps") if args.eps is not None else recorded_eps(model)
+    data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
     if not data:
         raise DataError(f"{args.name} records no data set: pass --data (e.g. --data cifar10 or --data fmnist-mini)")
     return eps, data, source

@@ -29,7 +29,7 @@ from .attacks import check_attack_args, cw_margin, model_mode, pgd
 from .data import load_data
 from .errors import DataError, EvaluationWarning, RobustZooError
 
-__all__ = ["EvalResult", "EvaluationWarning", "evaluate"]
+__all__ = ["EvalResult", "EvaluationWarning", "evaluate", "recorded_eps"]
 
 _PGD = re.compile(r"^pgd(\d+)(-cw|-ce)?$")
 
@@ -179,7 +179,7 @@ def evaluate(
     model: nn.Module,
     data,
     *,
-    eps: float = 8 / 255,
+    eps: float | None = None,
     attacks=("clean", "pgd20"),
     alpha: float | None = None,
     n: int | None = None,
@@ -198,7 +198,9 @@ def evaluate(
         model: a classifier taking [0, 1] inputs and returning logits (robustzoo models do).
         data: anything :func:`robustzoo.data.load_data` accepts: a name ("cifar10", "fmnist-mini"...),
             a Dataset, a DataLoader or ``(x, y)`` tensors.
-        eps: Linf budget in pixel units (paper: 8/255; Fashion-MNIST demo: 0.1).
+        eps: Linf budget in pixel units (paper: 8/255; Fashion-MNIST: 0.1). Default: the model's own
+            (:func:`recorded_eps`: its registry record, else its fine-tuning record, else 8/255); where it
+            came from is in ``settings["eps_from"]``.
         attacks: names among ``"clean"``, ``"pgdK"`` (CE, K steps, e.g. ``"pgd20"`` = the paper's RA),
             ``"pgdK-cw"`` (CW margin loss), ``"autoattack"`` (standard AutoAttack, Linf), ``"aa-fast"``
             (a cheaper cascade of APGD-CE and MALT-targeted APGD-T, :mod:`robustzoo.aafast`; reported
@@ -221,6 +223,7 @@ def evaluate(
         changes no accuracy.
     """
     specs = _parse_attacks(attacks)
+    eps, eps_from = recorded_eps(model) if eps is None else (eps, "the eps argument")
     alpha = eps / 4 if alpha is None else alpha
     check_attack_args(eps, alpha, max([s.get("steps", 0) for s in specs]), "linf", restarts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -232,7 +235,8 @@ def evaluate(
     x, y = load_data(data, split=split, root=root, n=n, in_chans=getattr(model, "in_chans", None),
                      num_classes=getattr(model, "num_classes", None))
     model.to(device)
-    settings = {"eps": float(eps), "alpha": float(alpha), "norm": "Linf", "restarts": restarts, "n": len(x),
+    settings = {"eps": float(eps), "eps_from": eps_from, "alpha": float(alpha), "norm": "Linf", "restarts": restarts,
+                "n": len(x),
                 "seed": seed, "batch_size": batch_size, "device": str(device), "amp": amp,
                 "attacks": specs, "seconds": {}, "versions": {"torch": torch.__version__}}
     from . import __version__
@@ -263,6 +267,26 @@ def evaluate(
             correct[name] = clean & got.cpu()  # robust implies clean-correct, by definition
     accuracy = {k: 100.0 * v.double().mean().item() for k, v in correct.items()}
     return EvalResult(accuracy=accuracy, correct=correct, settings=settings, n=len(x))
+
+
+def recorded_eps(model: nn.Module) -> tuple[float, str]:
+    """The Linf budget ``model`` is meant to be attacked at, and where it comes from.
+
+    In order: the registry record's ``attack`` of the name it was loaded by (``robustzoo.load(NAME)``: 0.1
+    for ``*-fmnist``, 8/255 for CIFAR-10), the eps its file says it was fine-tuned at
+    (:func:`robustzoo.weights.finetune_record`), else 8/255, the paper's CIFAR-10 budget (Chen et al.,
+    CVPR 2020, section 4).
+    """
+    from .registry import REGISTRY
+    from .weights import finetune_record
+
+    spec = REGISTRY.get(str((getattr(model, "pretrained_meta", None) or {}).get("source", "")))
+    if spec is not None and spec.attack:
+        return float(spec.attack["eps"]), "the registry record"
+    own = finetune_record(model)
+    if "eps" in own:
+        return own["eps"], "the file's fine-tuning record"
+    return 8 / 255, "the default for a model with no record"
 
 
 def model_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

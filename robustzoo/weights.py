@@ -28,8 +28,8 @@ from .models import create_model
 # epoch with it, and models -> finetuning -> weights -> models would be an import cycle.
 from .serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, atomic_write, save_pretrained
 
-__all__ = ["save_pretrained", "load_file", "read_metadata", "describe_bytes", "atomic_write", "WEIGHTS_NAME",
-           "CONFIG_NAME"]
+__all__ = ["save_pretrained", "load_file", "read_metadata", "finetune_record", "describe_bytes", "atomic_write",
+           "WEIGHTS_NAME", "CONFIG_NAME"]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # far above any real model's header, far below a memory bomb
 _DTYPES = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
@@ -218,3 +218,24 @@ def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_lo
             raise ValueError(f"{meta.get('arch')} models cannot change num_classes")
         model.reset_classifier(num_classes)
     return model.to(map_location).eval()
+
+
+def finetune_record(model: nn.Module) -> dict[str, Any]:
+    """The eps and data set that a fine-tuned file records about itself: ``robustzoo finetune`` writes both
+    (``finetune`` settings JSON and ``dataset``), ``finetune(checkpoint_dir=...)``'s ``best/`` writes the eps.
+
+    Only well-formed fields are returned (``eps`` a pixel-unit budget in (0, 1], ``dataset`` a non-empty
+    string); a missing or malformed one is left out, so the caller falls back to its documented default.
+    """
+    meta = getattr(model, "pretrained_meta", None) or {}
+    try:
+        settings = json.loads(meta.get("finetune", "{}"))
+    except ValueError:
+        settings = {}
+    out: dict[str, Any] = {}
+    eps = settings.get("eps") if isinstance(settings, dict) else None
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps <= 1:
+        out["eps"] = float(eps)
+    if isinstance(meta.get("dataset"), str) and meta["dataset"]:
+        out["dataset"] = meta["dataset"]
+    return out

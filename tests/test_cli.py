@@ -115,7 +115,7 @@ def test_eval_of_a_file_with_no_record_needs_data_and_says_its_eps_default(tiny_
     assert main(["eval", tiny_fmnist_model, "--n", "16", "--attacks", "clean"]) == 2
     assert "records no data set: pass --data" in capsys.readouterr().err
     assert main(["eval", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "16", "--attacks", "clean"]) == 0
-    assert "eps=0.03137 (eps from the default for a file with no record)" in capsys.readouterr().out
+    assert "eps=0.03137 (eps from the default for a model with no record)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("meta, expected", [
@@ -126,10 +126,10 @@ def test_eval_of_a_file_with_no_record_needs_data_and_says_its_eps_default(tiny_
     ({"finetune": json.dumps([0.1])}, {}),
     ({}, {}),
 ])
-def test_file_record_reads_only_well_formed_fields(meta, expected):
-    from robustzoo._cli_train import file_record
+def test_finetune_record_reads_only_well_formed_fields(meta, expected):
+    from robustzoo.weights import finetune_record
 
-    assert file_record(argparse.Namespace(pretrained_meta=meta)) == expected
+    assert finetune_record(argparse.Namespace(pretrained_meta=meta)) == expected
 
 
 def test_finetune_unknown_mode_is_one_line(tiny_fmnist_model, capsys):

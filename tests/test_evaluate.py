@@ -210,3 +210,25 @@ def test_progress_draws_no_carriage_returns_into_logs(trained, capsys):
     evaluate(model, (x[:64], y[:64]), eps=EPS, attacks=("clean", "pgd20"), progress=True)
     out = capsys.readouterr()
     assert "\r" not in out.err and "\r" not in out.out
+
+
+def test_default_eps_is_the_models_own(tmp_path):
+    """Without ``eps``, a zoo model is attacked at its registry record's budget (0.1 for *-fmnist, not the
+    CIFAR-10 8/255), a fine-tuned file at the eps it records, any other model at 8/255; settings say which."""
+    import json
+
+    from robustzoo.weights import load_file, save_pretrained
+
+    data = "fmnist-mini"
+    zoo = robustzoo.load("rot-adv-aft-r18-w8-fmnist")
+    got = evaluate(zoo, data, n=8, attacks=("clean", "pgd1"), progress=False).settings
+    assert (got["eps"], got["eps_from"]) == (0.1, "the registry record")
+    assert got["alpha"] == pytest.approx(0.025)
+    save_pretrained(zoo, tmp_path / "ft", name="mine", metadata={"finetune": json.dumps({"eps": 0.2})})
+    got = evaluate(load_file(tmp_path / "ft"), data, n=8, attacks=("clean",), progress=False).settings
+    assert (got["eps"], got["eps_from"]) == (0.2, "the file's fine-tuning record")
+    plain = robustzoo.create_model("resnet18", width=0.0625, in_chans=1, num_classes=10)
+    got = evaluate(plain, data, n=8, attacks=("clean",), progress=False).settings
+    assert (got["eps"], got["eps_from"]) == (8 / 255, "the default for a model with no record")
+    got = evaluate(zoo, data, eps=0.05, n=8, attacks=("clean",), progress=False).settings
+    assert (got["eps"], got["eps_from"]) == (0.05, "the eps argument")
