@@ -46,12 +46,19 @@ def _pixel(args: argparse.Namespace, key: str, default: float) -> float:
     return value
 
 
-def _data_name(args: argparse.Namespace, spec) -> str:
-    if args.data:
-        return args.data
-    if spec is None:
-        raise DataError(f"{args.name} is not a registry name: pass --data (e.g. --data cifar10 or --data fmnist-mini)")
-    return spec.dataset
+def _load_and_data(args: argparse.Namespace, spec, load):
+    """The model and its data set: --data, else the registry record's, else the one a folder written by
+    ``robustzoo finetune`` records. A name that cannot record one (a Hub repo) fails before it downloads."""
+    from .weights import finetune_record
+
+    ask = f"{args.name} records no data set: pass --data (e.g. --data cifar10 or --data fmnist-mini)"
+    if spec is None and not args.data and not Path(args.name).exists():
+        raise DataError(ask)
+    model = load(args.name, args)
+    data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
+    if not data:
+        raise DataError(ask)
+    return model, data
 
 
 def _json_target(path: str | None) -> Path | None:
@@ -91,32 +98,18 @@ def _needs_head(name: str, model) -> None:
             f"`robustzoo info {name}`")
 
 
-def _eval_defaults(args: argparse.Namespace, spec, model) -> tuple[float, str, str]:
-    """eps, data set and where the eps came from: --eps, else :func:`robustzoo.evaluate`'s own default
-    (the registry record, the file's fine-tuning record, 8/255); --data, else the record's data set."""
-    from .evaluation import recorded_eps
-    from .weights import finetune_record
-
-    eps, source = (_pixel(args, "eps", None), "--eps") if args.eps is not None else recorded_eps(model)
-    data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
-    if not data:
-        raise DataError(f"{args.name} records no data set: pass --data (e.g. --data cifar10 or --data fmnist-mini)")
-    return eps, data, source
-
-
 def cmd_eval(args: argparse.Namespace, load) -> int:
     from . import __version__
-    from .evaluation import evaluate
+    from .evaluation import evaluate, recorded_eps
 
     spec = record(args.name)
     _pixel(args, "eps", None)  # a bad --eps fails now, not after the load
     alpha = _pixel(args, "alpha", None)
     target = _json_target(args.json)
-    if spec is None and not args.data and not Path(args.name).exists():
-        _data_name(args, spec)  # a Hub repo without --data: say so before downloading it
-    model = load(args.name, args)
+    model, data = _load_and_data(args, spec, load)
     _needs_head(args.name, model)
-    eps, data, source = _eval_defaults(args, spec, model)
+    # the same default as robustzoo.evaluate: the registry record, the file's fine-tuning record, 8/255
+    eps, source = (_pixel(args, "eps", None), "--eps") if args.eps is not None else recorded_eps(model)
     x, y = _load_data(args, data, args.split)
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
@@ -188,11 +181,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _settings(args: argparse.Namespace, spec) -> dict:
-    """Mode, attack and optimiser settings: what the user typed, else the record's, else the paper's."""
+def _settings(args: argparse.Namespace, spec, model=None) -> dict:
+    """Mode, attack and optimiser settings: what the user typed, else the registry record's, else (eps only)
+    what a fine-tuned file records, else the paper's."""
     from .finetuning import MODES
+    from .weights import finetune_record
 
-    fd = {**FALLBACK, **(dict(spec.finetune_defaults) if spec is not None and spec.finetune_defaults else {})}
+    own = finetune_record(model) if spec is None and model is not None else {}
+    fd = {**FALLBACK, **({"eps": own["eps"], "step": own["eps"] / 4} if "eps" in own else {}),
+          **(dict(spec.finetune_defaults) if spec is not None and spec.finetune_defaults else {})}
     mode = args.mode or fd["mode"]
     eps = _pixel(args, "eps", fd["eps"])
     own_epochs = fd["epochs"] if mode == fd["mode"] else MODES.get(mode, (None, None, fd["epochs"]))[2]
@@ -230,10 +227,10 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
     from .weights import save_pretrained
 
     spec = record(args.name)
-    s = _settings(args, spec)
+    _settings(args, spec)  # a bad option fails now, not after the load
     resume = _check_resume(args)
-    data_name = _data_name(args, spec)
-    model = load(args.name, args)
+    model, data_name = _load_and_data(args, spec, load)
+    s = _settings(args, spec, model)
     x, y = _load_data(args, data_name, "train")
     num_classes = args.num_classes
     if num_classes is None and getattr(model, "num_classes", None) == 0:
@@ -259,7 +256,7 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
             print(f"\ninterrupted before the first epoch finished (nothing saved). Start again with:\n  {again}",
                   file=sys.stderr)
         return 130
-    # the data set and base travel with the weights, so `robustzoo eval OUT` needs neither --data nor --eps
+    # the data set and base travel with the weights: `robustzoo eval OUT` needs neither --data nor --eps
     path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}",
                            metadata={"finetune": json.dumps(result.settings, default=str), "dataset": data_name,
                                      "base": args.name})

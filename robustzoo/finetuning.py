@@ -134,7 +134,7 @@ def finetune(
     schedule: str = "multistep",
     milestones: list[int] | None = None,
     warmup: int | None = None,
-    eps: float = 8 / 255,
+    eps: float | None = None,
     alpha: float | None = None,
     steps: int = 10,
     eval_steps: int = 20,
@@ -170,7 +170,9 @@ def finetune(
         milestones: multistep decay epochs (x0.1); default 60 % and 80 % of ``epochs`` (60, 80 of 100).
         warmup: iterations of linear warm-up from lr/10; default min(200, iterations per epoch) for
             multistep (the paper's epoch-0 ramp), 0 otherwise.
-        eps, alpha, steps: training attack (Linf, pixel units); alpha defaults to eps/4 (2/255).
+        eps, alpha, steps: training attack (Linf, pixel units). eps defaults to the model's own budget, as in
+            :func:`robustzoo.evaluate` (its registry record: 0.1 for ``*-fmnist``; else the eps its file was
+            fine-tuned at; else the paper's 8/255); alpha defaults to eps/4 (2/255 at 8/255).
         eval_steps: PGD steps of the per-epoch validation attack (paper: 20; 0 skips it).
         beta: TRADES weight of the KL term.
         val_data: explicit validation data; default: a seeded ``val_fraction`` of ``data`` is held out
@@ -199,6 +201,10 @@ def finetune(
     Raises:
         DataError: any bad argument or data, before training starts.
     """
+    if eps is None:
+        from .evaluation import recorded_eps
+
+        eps = recorded_eps(model)[0]
     settings = FinetuneSettings(
         mode=mode, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, milestones=None if milestones is None else tuple(milestones), warmup=warmup, eps=eps,

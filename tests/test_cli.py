@@ -305,6 +305,11 @@ def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_pat
     r = rz("eval", str(tmp_path / "ft"), "--n", "16", "--attacks", "clean,pgd1", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "data=fmnist-mini:test n=16 eps=0.1 (eps from the file's fine-tuning record)" in r.stdout
+    # and fine-tuning it again (no registry record) keeps its data set and eps, not the 8/255 fallback
+    r = rz("finetune", str(tmp_path / "ft"), "--n", "64", "--epochs", "1", "--steps", "1", "--eval-steps", "1",
+           "--no-progress", "--out", str(tmp_path / "ft2"))
+    assert r.returncode == 0, r.stderr
+    assert "64 fmnist-mini images" in r.stdout and "eps 0.1 step 0.025 PGD-1" in r.stdout, r.stdout
 
 
 def test_resume_without_a_checkpoint_refuses_when_not_interactive(tmp_path):

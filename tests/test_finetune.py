@@ -315,3 +315,17 @@ def test_a_new_mode_is_one_table_row(data, monkeypatch):
     changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
     assert changed and all(k.startswith(("layer4.", "linear.")) for k in changed)
     assert res.best_metric == "val_robust" and res.settings["mode"] == "adv-partial"
+
+
+def test_default_eps_is_the_models_own(data, tmp_path):
+    """Without eps, a zoo model trains at its registry budget (0.1 for *-fmnist, not CIFAR-10's 8/255), a
+    fine-tuned file at the eps it records, any other model at the paper's 8/255; alpha follows as eps/4."""
+    from robustzoo.weights import load_file, save_pretrained
+
+    fast = {k: v for k, v in FAST.items() if k != "eps"} | {"epochs": 1, "eval_steps": 0}
+    zoo = robustzoo.load("rot-adv-r18-w8-fmnist")
+    got = finetune(zoo, data, num_classes=4, **fast).settings
+    assert (got["eps"], got["alpha"]) == (0.1, 0.025)
+    save_pretrained(make_model(), tmp_path / "ft", name="mine", metadata={"finetune": '{"eps": 0.2}'})
+    assert finetune(load_file(tmp_path / "ft"), data, **fast).settings["eps"] == 0.2
+    assert finetune(make_model(), data, **fast).settings["eps"] == pytest.approx(8 / 255)
