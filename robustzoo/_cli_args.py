@@ -67,12 +67,12 @@ def hub_opts(s: argparse.ArgumentParser) -> None:
 
 def data_opts(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", help="cifar10, fashion-mnist, fmnist-mini (shipped), ... or an ImageFolder "
-                   "(default: the registry record's dataset; eval of a folder written by finetune: its data set)")
+                   "(default: the registry record's dataset; for a folder written by finetune: its data set name)")
     s.add_argument("--root", help="dataset root folder (default: the data set's usual place)")
     s.add_argument("--download", action="store_true", help="let torchvision download the data set")
     s.add_argument("--n", type=_count(1), help="use only the first N samples (default: all)")
     s.add_argument("--eps", type=_number, help="Linf budget in pixel units, e.g. 0.1 or 8/255 (default: the "
-                   "registry record's attack: 0.1 for *-fmnist, 8/255 for CIFAR-10; eval of a file written by "
+                   "registry record's attack: 0.1 for *-fmnist, 8/255 for CIFAR-10; for a file written by "
                    "finetune: the eps it was fine-tuned at; 8/255 for other models)")
     s.add_argument("--eps-unit", type=int, choices=[1, 255], default=1,
                    help="255: --eps and --alpha are in 255ths (--eps 8 means 8/255)")

@@ -48,16 +48,21 @@ def _pixel(args: argparse.Namespace, key: str, default: float) -> float:
 
 def _load_and_data(args: argparse.Namespace, spec, load):
     """The model and its data set: --data, else the registry record's, else the one a folder written by
-    ``robustzoo finetune`` records. A name that cannot record one (a Hub repo) fails before it downloads."""
+    ``robustzoo finetune`` records. Names that cannot record one fail before anything is downloaded."""
+    from .registry import model_info
     from .weights import finetune_record
 
-    ask = f"{args.name} records no data set: pass --data (e.g. --data cifar10 or --data fmnist-mini)"
-    if spec is None and not args.data and not Path(args.name).exists():
-        raise DataError(ask)
+    local = Path(args.name).exists()
+    if spec is None and not args.data and not local:
+        if not args.name.startswith("hf-hub:") and "/" not in args.name and not args.name.endswith(".safetensors"):
+            model_info(args.name)  # a retired or mistyped registry name: its own error (successor, close names)
+        raise DataError(f"{args.name} is not a registry name, so its data set is not known: pass --data "
+                        "(e.g. --data cifar10 or --data fmnist-mini)")
     model = load(args.name, args)
     data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
     if not data:
-        raise DataError(ask)
+        raise DataError(f"{args.name} records no data set (a folder written by `robustzoo finetune --data NAME` "
+                        "does): pass --data (e.g. --data cifar10 or --data fmnist-mini)")
     return model, data
 
 
@@ -74,8 +79,9 @@ def _json_target(path: str | None) -> Path | None:
     return p
 
 
-def _load_data(args: argparse.Namespace, data_name: str, split: str):
-    """Images and labels; a failed ``--download`` is one line that says what to do, not a urllib traceback."""
+def _load_data(args: argparse.Namespace, data_name: str, split: str, model):
+    """Images and labels, checked against the model's channels before any timed batch or attack runs; a
+    failed ``--download`` is one line that says what to do, not a urllib traceback."""
     from .data import load_data
     from .hub import resolve_offline
 
@@ -83,7 +89,8 @@ def _load_data(args: argparse.Namespace, data_name: str, split: str):
         raise DataError(f"--download needs the network but offline mode is on ({resolve_offline(args.offline)}); "
                         f"download {data_name} on a connected machine and pass --root the folder")
     try:
-        return load_data(data_name, split=split, root=args.root, download=args.download, n=args.n)
+        return load_data(data_name, split=split, root=args.root, download=args.download, n=args.n,
+                         in_chans=getattr(model, "in_chans", None))
     except OSError as e:  # urllib / socket errors from torchvision's downloader
         raise DataError(f"--download: could not fetch {data_name} ({getattr(e, 'reason', None) or e}); download it "
                         "on a connected machine and pass --root the folder") from None
@@ -110,7 +117,7 @@ def cmd_eval(args: argparse.Namespace, load) -> int:
     _needs_head(args.name, model)
     # the same default as robustzoo.evaluate: the registry record, the file's fine-tuning record, 8/255
     eps, source = (_pixel(args, "eps", None), "--eps") if args.eps is not None else recorded_eps(model)
-    x, y = _load_data(args, data, args.split)
+    x, y = _load_data(args, data, args.split, model)
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
                       device=args.device, seed=args.seed, restarts=args.restarts, progress=args.progress)
@@ -222,6 +229,7 @@ def _plan(args, s: dict, x, model, data_name: str, device) -> str:
 def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
     import torch
 
+    from .data import dataset_name
     from .finetuning import finetune
     from .trainer import CHECKPOINT_NAME
     from .weights import save_pretrained
@@ -231,7 +239,7 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
     resume = _check_resume(args)
     model, data_name = _load_and_data(args, spec, load)
     s = _settings(args, spec, model)
-    x, y = _load_data(args, data_name, "train")
+    x, y = _load_data(args, data_name, "train", model)
     num_classes = args.num_classes
     if num_classes is None and getattr(model, "num_classes", None) == 0:
         num_classes = int(y.max()) + 1  # a headless backbone gets a fresh head sized from the labels
@@ -257,9 +265,10 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
                   file=sys.stderr)
         return 130
     # the data set and base travel with the weights: `robustzoo eval OUT` needs neither --data nor --eps
-    path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}",
-                           metadata={"finetune": json.dumps(result.settings, default=str), "dataset": data_name,
-                                     "base": args.name})
+    meta = {"finetune": json.dumps(result.settings, default=str), "base": args.name}
+    if dataset_name(data_name):  # a name only: an ImageFolder path means nothing elsewhere, and is training data
+        meta["dataset"] = dataset_name(data_name)
+    path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}", metadata=meta)
     best = result.history[result.best_epoch - 1] if result.history else {}  # best_epoch is 1-based
     print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {_metric(k, v)}" for k, v in best.items()
                                                            if isinstance(v, float)))

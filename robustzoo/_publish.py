@@ -88,11 +88,11 @@ def _commit(repo_id: str, folder: Path, *, endpoint: str, token: str | None, pri
 def publish(model: nn.Module, repo_id: str, *, name: str, metrics: Mapping[str, float] | None, token: str | None,
             endpoint: str, private: bool | None, commit_message: str | None) -> str:
     """save_pretrained + card into a temp folder, then create_repo and one commit; returns the commit id."""
-    from .weights import save_pretrained
+    from .weights import LOAD_KEYS, save_pretrained
 
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = save_pretrained(model, tmp, name=name or repo_id.split("/")[-1],
-                                  metadata=getattr(model, "pretrained_meta", None))
+    meta = {k: v for k, v in (getattr(model, "pretrained_meta", None) or {}).items() if k not in LOAD_KEYS}
+    with tempfile.TemporaryDirectory() as tmp:  # no local path or stale registry source goes to the Hub
+        weights = save_pretrained(model, tmp, name=name or repo_id.split("/")[-1], metadata=meta)
         card = model_card(model, repo_id, name=name, metrics=metrics, sha256=file_sha256(weights))
         (Path(tmp) / "README.md").write_text(card)
         return _commit(repo_id, Path(tmp), endpoint=endpoint, token=token, private=private,

@@ -155,6 +155,8 @@ def check_data(x: torch.Tensor, y: torch.Tensor, *, in_chans: int | None = None,
         hint = hint or (" (looks normalised: robustzoo models normalise inside; pass raw [0, 1] pixels)"
                         if lo < 0 else "")
         raise DataError(f"{what} pixel values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
+    if in_chans == 1 and x.shape[1] == 3 and torch.equal(x[:, :1].expand_as(x), x):
+        x = x[:, :1].contiguous()  # grey images stored as RGB (an ImageFolder of PNGs): lossless
     if in_chans is not None and x.shape[1] != in_chans:
         if x.shape[1] == 1:
             warnings.warn(f"{what} is grey-level but the model takes {in_chans} channels: repeating the channel",
@@ -170,6 +172,16 @@ def check_data(x: torch.Tensor, y: torch.Tensor, *, in_chans: int | None = None,
         raise DataError(f"{what} has labels up to {int(y.max())} but the model's head has {num_classes} classes; "
                         f"pass num_classes={int(y.max()) + 1} to fine-tuning to swap the head")
     return x, y
+
+
+def dataset_name(text: object) -> str | None:
+    """The canonical name of a named data set (``"fmnist"`` -> ``"fashion-mnist"``), None for anything else
+    (an ImageFolder path, a typo). Only such names are recorded in or read from a weight file's metadata."""
+    if not isinstance(text, str):
+        return None
+    key = text.strip().lower()
+    key = _ALIASES.get(key, key)
+    return key if key in DATASETS else None
 
 
 def load_data(

@@ -4,7 +4,8 @@ The keyword arguments of :func:`robustzoo.finetune` build a :class:`FinetuneSett
 runs in its constructor, before anything is trained, and the resume fingerprint of a checkpoint is
 made from it. Defaults are the paper's ``finetune/main.py`` (Chen et al., CVPR 2020, Section 4):
 SGD lr 0.1, momentum 0.9, weight decay 3e-4, batch 128, 100 epochs, x0.1 at epochs 60 and 80,
-PGD-10 with eps 8/255 and step 2/255 in train mode, validation by PGD-20.
+PGD-10 with eps 8/255 and step 2/255 in train mode, validation by PGD-20. (:func:`robustzoo.finetune`
+resolves eps=None to the model's own budget before it builds these settings.)
 
 Adding a fine-tuning mode is one row in :data:`MODES` (and, for a new loss, one function in
 ``robustzoo.trainer.LOSSES``).

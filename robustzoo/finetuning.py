@@ -1,10 +1,12 @@
 """Fine-tuning with the paper's recipes: linear, partial, full, adversarial (Madry PGD) and TRADES.
 
-Chen et al. (CVPR 2020) fine-tune self-supervised pretrained ResNets on CIFAR-10 (spec section 4):
+Chen et al. (CVPR 2020) fine-tune self-supervised pretrained ResNets on CIFAR-10 (section 4):
 adversarial full fine-tuning is ``finetune/main.py``: SGD lr 0.1, momentum 0.9, weight decay 3e-4,
 batch 128, 100 epochs, lr x0.1 at epochs 60 and 80 after a 200-iteration warm-up, PGD-10 (eps 8/255,
 step 2/255, model in train mode) and loss = CE on the adversarial batch only; the checkpoint is
-picked on a held-out 10 % of the training set by PGD-20 robust accuracy. Those are the defaults here.
+picked on a held-out 10 % of the training set by PGD-20 robust accuracy. Those are the defaults here,
+except that eps defaults to the model's own budget (8/255 for CIFAR-10 models, 0.1 for ``*-fmnist``;
+:func:`robustzoo.evaluation.recorded_eps`), with step eps/4.
 
 Modes (what is trained / the loss):
 
@@ -297,6 +299,13 @@ def _finish(run: Run, ft: FinetuneSettings, resumed_from: int) -> FinetuneResult
 
     settings = {**cfg, "device": str(run.device), "compile": ft.compile, "resumed_from_epoch": resumed_from,
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
+    # the returned model is no longer the registry's weight: drop its load-time source (and a data set name
+    # from an earlier run), so that evaluate's default eps is the one it was just trained at, as for best/ below
+    from .weights import LOAD_KEYS
+
+    old = getattr(model, "pretrained_meta", None) or {}
+    model.pretrained_meta = {**{k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")},
+                             "finetune": json.dumps(settings, sort_keys=True, default=str)}
     if run.checkpoint_dir is not None and hasattr(model, "config"):
         from .serialization import save_pretrained  # not .weights: it imports the models
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from robustzoo.cli import main
 from robustzoo.registry import REGISTRY
@@ -113,7 +114,7 @@ def test_eval_unknown_data_name_is_one_line(tiny_fmnist_model, capsys):
 
 def test_eval_of_a_file_with_no_record_needs_data_and_says_its_eps_default(tiny_fmnist_model, capsys):
     assert main(["eval", tiny_fmnist_model, "--n", "16", "--attacks", "clean"]) == 2
-    assert "records no data set: pass --data" in capsys.readouterr().err
+    assert "records no data set" in capsys.readouterr().err
     assert main(["eval", tiny_fmnist_model, "--data", "fmnist-mini", "--n", "16", "--attacks", "clean"]) == 0
     assert "eps=0.03137 (eps from the default for a model with no record)" in capsys.readouterr().out
 
@@ -124,12 +125,58 @@ def test_eval_of_a_file_with_no_record_needs_data_and_says_its_eps_default(tiny_
     ({"finetune": "{not json", "dataset": "fmnist-mini"}, {"dataset": "fmnist-mini"}),
     ({"finetune": json.dumps({"eps": 8})}, {}),  # not a pixel-unit budget: ignored, not trusted
     ({"finetune": json.dumps([0.1])}, {}),
+    ({"finetune": "[" * 100000 + "]" * 100000}, {}),  # RecursionError in json: not a record, not a crash
+    ({"dataset": "FMNIST"}, {"dataset": "fashion-mnist"}),
+    ({"dataset": "/data/my-train-images"}, {}),  # a folder path is never a recorded data set
     ({}, {}),
 ])
 def test_finetune_record_reads_only_well_formed_fields(meta, expected):
     from robustzoo.weights import finetune_record
 
     assert finetune_record(argparse.Namespace(pretrained_meta=meta)) == expected
+
+
+def test_eval_of_a_retired_or_mistyped_name_says_so_not_pass_data(capsys):
+    from robustzoo.registry import RETIRED
+
+    old = next(iter(RETIRED))
+    assert main(["eval", old, "--n", "16"]) == 2
+    assert RETIRED[old]["successor"] in capsys.readouterr().err
+    assert main(["eval", "rot-adv-r18-w8-fmnistt", "--n", "16"]) == 2
+    assert "rot-adv-r18-w8-fmnist" in capsys.readouterr().err  # the close match
+    assert main(["eval", "hf-hub:me/repo", "--n", "16"]) == 2
+    assert "is not a registry name, so its data set is not known: pass --data" in capsys.readouterr().err
+
+
+def test_a_folder_trained_on_an_image_folder_records_no_data_set(tmp_path, capsys):
+    """An ImageFolder path is training data on this machine and nothing elsewhere: eval must ask for --data."""
+    from torchvision.utils import save_image
+
+    from robustzoo.fmnist import load_embedded
+
+    x, y = load_embedded("train")
+    for i in range(40):
+        (tmp_path / "imgs" / str(int(y[i]))).mkdir(parents=True, exist_ok=True)
+        save_image(x[i], tmp_path / "imgs" / str(int(y[i])) / f"{i}.png")
+    out = tmp_path / "ft"
+    assert main(["finetune", "rot-adv-r18-w8-fmnist", "--data", str(tmp_path / "imgs"), "--epochs", "1", "--steps",
+                 "1", "--eval-steps", "1", "--batch-size", "8", "--num-classes", "10", "--no-progress",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--attacks", "clean", "--no-progress"]) == 2
+    assert "records no data set" in capsys.readouterr().err
+
+
+def test_colour_images_for_a_grey_model_are_one_line_before_any_batch(tmp_path, capsys):
+    from torchvision.utils import save_image
+
+    for i in range(4):
+        (tmp_path / "imgs" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        save_image(torch.rand(3, 28, 28), tmp_path / "imgs" / str(i % 2) / f"{i}.png")
+    for cmd in (["finetune", "rot-adv-r18-w8-fmnist", "--out", str(tmp_path / "ft")],
+                ["eval", "at-baseline-r18-w16-fmnist"]):
+        assert main([*cmd, "--data", str(tmp_path / "imgs"), "--no-progress"]) == 2, cmd
+        assert "has 3 channels but the model takes 1" in capsys.readouterr().err
 
 
 def test_finetune_unknown_mode_is_one_line(tiny_fmnist_model, capsys):

@@ -102,3 +102,13 @@ def test_unknown_name_suggests():
 def test_check_data_is_public():
     x, y = check_data(torch.rand(2, 1, 2, 2), torch.tensor([0, 1]), num_classes=2)
     assert x.shape == (2, 1, 2, 2)
+
+
+def test_grey_images_stored_as_rgb_feed_a_grey_model_and_colour_ones_do_not():
+    grey = torch.rand(4, 1, 8, 8)
+    x, _ = check_data(grey.expand(-1, 3, -1, -1), torch.zeros(4, dtype=torch.long), in_chans=1)
+    assert x.shape == (4, 1, 8, 8) and torch.equal(x, grey)  # lossless: the three channels were one
+    colour = grey.expand(-1, 3, -1, -1).clone()
+    colour[0, 2, 0, 0] = 1 - colour[0, 2, 0, 0]
+    with pytest.raises(DataError, match="3 channels but the model takes 1"):
+        check_data(colour, torch.zeros(4, dtype=torch.long), in_chans=1)

@@ -232,3 +232,23 @@ def test_default_eps_is_the_models_own(tmp_path):
     assert (got["eps"], got["eps_from"]) == (8 / 255, "the default for a model with no record")
     got = evaluate(zoo, data, eps=0.05, n=8, attacks=("clean",), progress=False).settings
     assert (got["eps"], got["eps_from"]) == (0.05, "the eps argument")
+
+
+def test_default_eps_follows_the_weights_not_a_stale_source(tmp_path):
+    """A model fine-tuned in memory is attacked at the eps it was trained at, not its base's registry eps; a
+    file that carries a ``source`` from elsewhere cannot claim a registry record."""
+    import json
+
+    from robustzoo.weights import load_file, save_pretrained
+
+    zoo = robustzoo.load("rot-adv-r18-w8-fmnist")
+    x, y = robustzoo.load_data("fmnist-mini", split="train", n=64)
+    tuned = zoo.finetune((x, y), num_classes=10, eps=0.2, epochs=1, steps=1, eval_steps=0, batch_size=32,
+                         progress=False).model
+    got = evaluate(tuned, (x[:8], y[:8]), attacks=("clean",), progress=False).settings
+    assert (got["eps"], got["eps_from"]) == (0.2, "the file's fine-tuning record")
+    stale = {"source": "rot-adv-aft-r18-w8-fmnist", "path": "/elsewhere", "finetune": json.dumps({"eps": 0.3})}
+    save_pretrained(zoo, tmp_path / "f", name="x", metadata=stale)
+    copy = load_file(tmp_path / "f")
+    assert "source" not in copy.pretrained_meta and "path" not in copy.pretrained_meta
+    assert evaluate(copy, (x[:8], y[:8]), attacks=("clean",), progress=False).settings["eps"] == 0.3

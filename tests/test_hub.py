@@ -94,6 +94,25 @@ def test_save_push_load_round_trip_is_bit_identical(hub_server, tmp_path):
     assert same_weights(model, loaded) and loaded.in_chans == 1 and loaded.num_classes == 7
 
 
+def test_push_of_a_loaded_model_sends_no_local_path_or_stale_source(hub_server):
+    from safetensors import safe_open
+
+    model = robustzoo.load("rot-adv-aft-r18-w8-fmnist")  # pretrained_meta has source= and path= (this machine's)
+    commit = robustzoo.push_to_hub(model, "me/again", name="again", metrics=None, endpoint=hub_server.endpoint)
+    blob = hub_server.repos["me/again"].commits[commit]["model.safetensors"]
+    with safe_open(_write(blob), "pt") as fh:
+        meta = fh.metadata()
+    assert "path" not in meta and "source" not in meta and "finetune" in meta
+
+
+def _write(blob: bytes) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False) as fh:
+        fh.write(blob)
+    return fh.name
+
+
 def test_push_failure_is_a_download_error(hub_server):
     hub_server.inject("status", times=99, method="*", code=403)
     with pytest.raises(DownloadError, match="pushing me/x"):
