@@ -304,8 +304,10 @@ def _finish(run: Run, ft: FinetuneSettings, resumed_from: int) -> FinetuneResult
     from .weights import LOAD_KEYS
 
     old = getattr(model, "pretrained_meta", None) or {}
-    model.pretrained_meta = {**{k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")},
-                             "finetune": json.dumps(settings, sort_keys=True, default=str)}
+    meta = {k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")}
+    if old.get("source"):
+        meta["base"] = old["source"]  # provenance: what it was fine-tuned from
+    model.pretrained_meta = {**meta, "finetune": json.dumps(settings, sort_keys=True, default=str)}
     if run.checkpoint_dir is not None and hasattr(model, "config"):
         from .serialization import save_pretrained  # not .weights: it imports the models
 

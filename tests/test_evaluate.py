@@ -247,6 +247,7 @@ def test_default_eps_follows_the_weights_not_a_stale_source(tmp_path):
                          progress=False).model
     got = evaluate(tuned, (x[:8], y[:8]), attacks=("clean",), progress=False).settings
     assert (got["eps"], got["eps_from"]) == (0.2, "the file's fine-tuning record")
+    assert tuned.pretrained_meta["base"] == "rot-adv-r18-w8-fmnist" and "path" not in tuned.pretrained_meta
     stale = {"source": "rot-adv-aft-r18-w8-fmnist", "path": "/elsewhere", "finetune": json.dumps({"eps": 0.3})}
     save_pretrained(zoo, tmp_path / "f", name="x", metadata=stale)
     copy = load_file(tmp_path / "f")

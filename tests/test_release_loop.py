@@ -32,8 +32,9 @@ import json, sys, torch, robustzoo
 model = robustzoo.load(sys.argv[1], progress=False)
 g = torch.Generator().manual_seed(0)
 ds = (torch.rand(48, 3, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g))
+path = model.pretrained_meta["path"]  # where it was loaded from (fine-tuning makes it another model)
 result = model.finetune(ds, epochs=1, steps=1, eval_steps=1, batch_size=16, progress=False)
-print(json.dumps({"path": model.pretrained_meta["path"], "best_epoch": result.best_epoch,
+print(json.dumps({"path": path, "best_epoch": result.best_epoch,
                   "first": float(next(result.model.parameters()).flatten()[0])}))
 """
 
