@@ -278,7 +278,7 @@ def recorded_eps(model: nn.Module) -> tuple[float, str]:
     CVPR 2020, section 4).
     """
     from .registry import REGISTRY
-    from .weights import finetune_record
+    from .serialization import finetune_record  # not .weights: it imports the models
 
     spec = REGISTRY.get(str((getattr(model, "pretrained_meta", None) or {}).get("source", "")))
     if spec is not None and spec.attack:

@@ -44,6 +44,7 @@ from .data import load_data
 from .errors import DataError
 from .finetune_settings import MODES, FinetuneSettings, _positive
 from .layout import channels_last_hazard
+from .serialization import mark_finetuned, save_pretrained  # not .weights: it imports the models
 from .trainer import Run, fit, restore
 
 __all__ = ["MODES", "FinetuneResult", "FinetuneSettings", "finetune"]
@@ -299,18 +300,8 @@ def _finish(run: Run, ft: FinetuneSettings, resumed_from: int) -> FinetuneResult
 
     settings = {**cfg, "device": str(run.device), "compile": ft.compile, "resumed_from_epoch": resumed_from,
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
-    # the returned model is no longer the registry's weight: drop its load-time source (and a data set name
-    # from an earlier run), so that evaluate's default eps is the one it was just trained at, as for best/ below
-    from .weights import LOAD_KEYS
-
-    old = getattr(model, "pretrained_meta", None) or {}
-    meta = {k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")}
-    if old.get("source"):
-        meta["base"] = old["source"]  # provenance: what it was fine-tuned from
-    model.pretrained_meta = {**meta, "finetune": json.dumps(settings, sort_keys=True, default=str)}
+    mark_finetuned(model, settings)
     if run.checkpoint_dir is not None and hasattr(model, "config"):
-        from .serialization import save_pretrained  # not .weights: it imports the models
-
         save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{ft.mode}",
                         metadata={"finetune": json.dumps(settings, sort_keys=True, default=str),
                                   "best_epoch": str(state["best_epoch"])})

@@ -4,7 +4,8 @@ A weight file is a plain safetensors file whose header metadata carries everythi
 rebuild the model (``arch``, ``width``, ``in_chans``, ``num_classes``, ``mean``, ``std``, ``name``,
 ``robustzoo_version`` and the full ``config`` as JSON). Reading and strict loading are in
 :mod:`robustzoo.weights`; this module imports no model code, so fine-tuning can save its best epoch
-without an import cycle (models -> finetuning -> here).
+without an import cycle (models -> finetuning -> here). :func:`finetune_record` reads back the two
+fields a fine-tuned file records about its threat model and data set, for the same reason.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from ._io import atomic_write
+from .data import dataset_name
 
-__all__ = ["save_pretrained", "atomic_write", "WEIGHTS_NAME", "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_pretrained", "atomic_write", "finetune_record", "mark_finetuned", "LOAD_KEYS", "WEIGHTS_NAME",
+           "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "robustzoo"
 FORMAT_VERSION = "1"
+LOAD_KEYS = ("source", "path")  # set by robustzoo.hub.load, never read from or written to a file
 
 
 def _version() -> str:
@@ -95,3 +100,36 @@ def _timm_fields(config: Mapping, name: str) -> dict:
         cfg["input_size"] = list(spec.input_size)
     return {"architecture": f"robustzoo_{config['arch']}",
             "model_args": {k: v for k, v in config.items() if k != "arch"}, "pretrained_cfg": cfg}
+
+
+def finetune_record(model: nn.Module) -> dict[str, Any]:
+    """The eps and data set that a fine-tuned file records about itself: ``robustzoo finetune`` writes both
+    (``finetune`` settings JSON and ``dataset``), ``finetune(checkpoint_dir=...)``'s ``best/`` writes the eps.
+
+    Only well-formed fields are returned (``eps`` a pixel-unit budget in (0, 1], ``dataset`` the name of a
+    named data set, never a folder path, which would point elsewhere on another machine and could be the
+    training images); a missing or malformed one is left out, so the caller uses its documented default.
+    """
+    meta = getattr(model, "pretrained_meta", None) or {}
+    try:
+        settings = json.loads(meta.get("finetune", "{}"))
+    except (ValueError, RecursionError):  # malformed or absurdly nested: not a record
+        settings = {}
+    out: dict[str, Any] = {}
+    eps = settings.get("eps") if isinstance(settings, dict) else None
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps <= 1:
+        out["eps"] = float(eps)
+    if dataset := dataset_name(meta.get("dataset")):  # a name, never a path: see robustzoo.data.dataset_name
+        out["dataset"] = dataset
+    return out
+
+
+def mark_finetuned(model: nn.Module, settings: Mapping[str, Any]) -> None:
+    """A model fine-tuned in place is no longer the weight it was loaded as: its load-time ``source`` and
+    ``path`` (and a data set name from an earlier run) go, ``base`` keeps where it came from, and its
+    fine-tuning record comes in, so that evaluate's default eps is the one it was just trained at."""
+    old = getattr(model, "pretrained_meta", None) or {}
+    meta = {k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")}
+    if old.get("source"):
+        meta["base"] = old["source"]
+    model.pretrained_meta = {**meta, "finetune": json.dumps(dict(settings), sort_keys=True, default=str)}

@@ -21,18 +21,25 @@ import torch
 from torch import nn
 
 from ._io import open_regular
-from .data import dataset_name
 from .errors import WeightFormatError
 from .models import create_model
 
 # The writer lives in .serialization, which does not import the models: fine-tuning saves its best
 # epoch with it, and models -> finetuning -> weights -> models would be an import cycle.
-from .serialization import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, atomic_write, save_pretrained
+from .serialization import (
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    LOAD_KEYS,
+    WEIGHTS_NAME,
+    atomic_write,
+    finetune_record,
+    save_pretrained,
+)
 
 __all__ = ["save_pretrained", "load_file", "read_metadata", "finetune_record", "describe_bytes", "atomic_write",
            "WEIGHTS_NAME", "CONFIG_NAME"]
 
-LOAD_KEYS = ("source", "path")  # set by robustzoo.hub.load, never read from or written to a file
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # far above any real model's header, far below a memory bomb
 _DTYPES = {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 _FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
@@ -223,24 +230,3 @@ def load_file(path: str | os.PathLike, *, num_classes: int | None = None, map_lo
         model.reset_classifier(num_classes)
     return model.to(map_location).eval()
 
-
-def finetune_record(model: nn.Module) -> dict[str, Any]:
-    """The eps and data set that a fine-tuned file records about itself: ``robustzoo finetune`` writes both
-    (``finetune`` settings JSON and ``dataset``), ``finetune(checkpoint_dir=...)``'s ``best/`` writes the eps.
-
-    Only well-formed fields are returned (``eps`` a pixel-unit budget in (0, 1], ``dataset`` the name of a
-    named data set, never a folder path, which would point elsewhere on another machine and could be the
-    training images); a missing or malformed one is left out, so the caller uses its documented default.
-    """
-    meta = getattr(model, "pretrained_meta", None) or {}
-    try:
-        settings = json.loads(meta.get("finetune", "{}"))
-    except (ValueError, RecursionError):  # malformed or absurdly nested: not a record
-        settings = {}
-    out: dict[str, Any] = {}
-    eps = settings.get("eps") if isinstance(settings, dict) else None
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps <= 1:
-        out["eps"] = float(eps)
-    if dataset := dataset_name(meta.get("dataset")):  # a name, never a path: see robustzoo.data.dataset_name
-        out["dataset"] = dataset
-    return out
