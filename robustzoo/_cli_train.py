@@ -48,17 +48,14 @@ def _pixel(args: argparse.Namespace, key: str, default: float) -> float:
 
 def _load_and_data(args: argparse.Namespace, spec, load):
     """The model and its data set: --data, else the registry record's, else the one a folder written by
-    ``robustzoo finetune`` records. Names that cannot record one fail before anything is downloaded."""
+    ``robustzoo finetune`` records (a local folder or an ``hf-hub:`` repo pushed from one)."""
     from .registry import model_info
     from .weights import finetune_record
 
-    local = Path(args.name).exists()
-    if spec is None and not args.data and not local:
-        if not args.name.startswith("hf-hub:") and "/" not in args.name and not args.name.endswith(".safetensors"):
-            model_info(args.name)  # a retired or mistyped registry name: its own error (successor, close names)
-        raise DataError(f"{args.name} is not a registry name, so its data set is not known: pass --data "
-                        "(e.g. --data cifar10 or --data fmnist-mini)")
-    model = load(args.name, args)
+    if spec is None and not Path(args.name).exists() and ":" not in args.name and "/" not in args.name \
+            and not args.name.endswith(".safetensors"):
+        model_info(args.name)  # a retired or mistyped registry name: its own error (successor, close names)
+    model = load(args.name, args)  # a missing folder or file says so here
     data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
     if not data:
         raise DataError(f"{args.name} records no data set (a folder written by `robustzoo finetune --data NAME` "
@@ -121,6 +118,7 @@ def cmd_eval(args: argparse.Namespace, load) -> int:
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
                       device=args.device, seed=args.seed, restarts=args.restarts, progress=args.progress)
+    result.settings["eps_from"] = source  # evaluate was handed the number; the report says where it came from
     rows = [[k, _pct(v)] for k, v in result.accuracy.items()]
 
     print(_table(rows, ["attack", "accuracy (%)"]))
@@ -231,6 +229,7 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
 
     from .data import dataset_name
     from .finetuning import finetune
+    from .serialization import public_ref
     from .trainer import CHECKPOINT_NAME
     from .weights import save_pretrained
 
@@ -265,7 +264,9 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
                   file=sys.stderr)
         return 130
     # the data set and base travel with the weights: `robustzoo eval OUT` needs neither --data nor --eps
-    meta = {"finetune": json.dumps(result.settings, default=str), "base": args.name}
+    meta = {"finetune": json.dumps(result.settings, default=str)}
+    if public_ref(args.name):  # a registry name or Hub repo; a local path means nothing elsewhere
+        meta["base"] = args.name
     if dataset_name(data_name):  # a name only: an ImageFolder path means nothing elsewhere, and is training data
         meta["dataset"] = dataset_name(data_name)
     path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}", metadata=meta)

@@ -285,7 +285,7 @@ def recorded_eps(model: nn.Module) -> tuple[float, str]:
         return float(spec.attack["eps"]), "the registry record"
     own = finetune_record(model)
     if "eps" in own:
-        return own["eps"], "the file's fine-tuning record"
+        return own["eps"], "the model's fine-tuning record"
     return 8 / 255, "the default for a model with no record"
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -225,6 +225,7 @@ def finetune(
     if len(x) < 2:
         raise DataError(f"only {len(x)} training sample(s) left after holding out validation data")
     # ---- every check passed: only from here on does anything change ----
+    mark_finetuned(model, asdict(settings))  # now, not at the end: an interrupted run has changed weights too
     return _run(model, settings.with_data(len(x)), x, y, x_val, y_val, n_classes, device=device,
                 checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
 

@@ -21,14 +21,15 @@ from torch import nn
 from ._io import atomic_write
 from .data import dataset_name
 
-__all__ = ["save_pretrained", "atomic_write", "finetune_record", "mark_finetuned", "LOAD_KEYS", "WEIGHTS_NAME",
-           "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_pretrained", "atomic_write", "finetune_record", "mark_finetuned", "public_ref", "LOAD_KEYS",
+           "RECORD_KEYS", "WEIGHTS_NAME", "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "robustzoo"
 FORMAT_VERSION = "1"
 LOAD_KEYS = ("source", "path")  # set by robustzoo.hub.load, never read from or written to a file
+RECORD_KEYS = ("finetune", "dataset", "base")  # what a fine-tuned model says about itself, carried into its file
 
 
 def _version() -> str:
@@ -69,7 +70,9 @@ def save_pretrained(
     }
     if config["arch"] != "ensemble":
         meta.update({k: json.dumps(config[k]) for k in ("width", "in_chans", "num_classes", "mean", "std")})
-    for key, value in (metadata or {}).items():
+    # a model fine-tuned in memory keeps its threat-model record in the file (evaluate's default eps reads it)
+    carried = {k: v for k, v in (getattr(model, "pretrained_meta", None) or {}).items() if k in RECORD_KEYS}
+    for key, value in {**carried, **(metadata or {})}.items():
         if not isinstance(value, str):
             raise TypeError(f"metadata values must be str, {key!r} is {type(value).__name__}")
         meta.setdefault(key, value)
@@ -113,7 +116,7 @@ def finetune_record(model: nn.Module) -> dict[str, Any]:
     meta = getattr(model, "pretrained_meta", None) or {}
     try:
         settings = json.loads(meta.get("finetune", "{}"))
-    except (ValueError, RecursionError):  # malformed or absurdly nested: not a record
+    except (TypeError, ValueError, RecursionError):  # not a string, malformed, absurdly nested: not a record
         settings = {}
     out: dict[str, Any] = {}
     eps = settings.get("eps") if isinstance(settings, dict) else None
@@ -130,6 +133,16 @@ def mark_finetuned(model: nn.Module, settings: Mapping[str, Any]) -> None:
     fine-tuning record comes in, so that evaluate's default eps is the one it was just trained at."""
     old = getattr(model, "pretrained_meta", None) or {}
     meta = {k: v for k, v in old.items() if k not in (*LOAD_KEYS, "dataset")}
-    if old.get("source"):
+    if public_ref(old.get("source")):
         meta["base"] = old["source"]
     model.pretrained_meta = {**meta, "finetune": json.dumps(dict(settings), sort_keys=True, default=str)}
+
+
+def public_ref(ref: object) -> str | None:
+    """``ref`` if it names a model anywhere (a registry name, an ``hf-hub:`` repo), None for a local path,
+    which means nothing on another machine and must not be written into a file that may be shared."""
+    from .registry import REGISTRY
+
+    if isinstance(ref, str) and (ref in REGISTRY or ref.startswith("hf-hub:")):
+        return ref
+    return None

@@ -144,8 +144,8 @@ def test_eval_of_a_retired_or_mistyped_name_says_so_not_pass_data(capsys):
     assert RETIRED[old]["successor"] in capsys.readouterr().err
     assert main(["eval", "rot-adv-r18-w8-fmnistt", "--n", "16"]) == 2
     assert "rot-adv-r18-w8-fmnist" in capsys.readouterr().err  # the close match
-    assert main(["eval", "hf-hub:me/repo", "--n", "16"]) == 2
-    assert "is not a registry name, so its data set is not known: pass --data" in capsys.readouterr().err
+    assert main(["eval", "runs/nope", "--n", "16"]) == 2  # a mistyped folder: not "pass --data"
+    assert "no weight file or folder at 'runs/nope'" in capsys.readouterr().err
 
 
 def test_a_folder_trained_on_an_image_folder_records_no_data_set(tmp_path, capsys):
@@ -349,14 +349,20 @@ def test_finetune_defaults_follow_the_record_and_a_plan_line_comes_first(tmp_pat
 
     assert load_file(tmp_path / "ft").num_classes == 10  # the headless backbone got a head sized from the labels
     # the folder carries its data set and eps: eval needs neither --data nor --eps (the record says 0.1, not 8/255)
-    r = rz("eval", str(tmp_path / "ft"), "--n", "16", "--attacks", "clean,pgd1", "--no-progress")
+    r = rz("eval", str(tmp_path / "ft"), "--n", "16", "--attacks", "clean,pgd1", "--no-progress", "--json",
+           str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr
-    assert "data=fmnist-mini:test n=16 eps=0.1 (eps from the file's fine-tuning record)" in r.stdout
+    assert "data=fmnist-mini:test n=16 eps=0.1 (eps from the model's fine-tuning record)" in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["attack"]["eps_from"] == report["settings"]["eps_from"] == "the model's fine-tuning record"
+    assert load_file(tmp_path / "ft").pretrained_meta["base"] == "rot-adv-r18-w8-fmnist"
     # and fine-tuning it again (no registry record) keeps its data set and eps, not the 8/255 fallback
     r = rz("finetune", str(tmp_path / "ft"), "--n", "64", "--epochs", "1", "--steps", "1", "--eval-steps", "1",
            "--no-progress", "--out", str(tmp_path / "ft2"))
     assert r.returncode == 0, r.stderr
     assert "64 fmnist-mini images" in r.stdout and "eps 0.1 step 0.025 PGD-1" in r.stdout, r.stdout
+    # a local path is never written as the base: the registry name it started from carries through
+    assert load_file(tmp_path / "ft2").pretrained_meta["base"] == "rot-adv-r18-w8-fmnist"
 
 
 def test_resume_without_a_checkpoint_refuses_when_not_interactive(tmp_path):

@@ -226,7 +226,7 @@ def test_default_eps_is_the_models_own(tmp_path):
     assert got["alpha"] == pytest.approx(0.025)
     save_pretrained(zoo, tmp_path / "ft", name="mine", metadata={"finetune": json.dumps({"eps": 0.2})})
     got = evaluate(load_file(tmp_path / "ft"), data, n=8, attacks=("clean",), progress=False).settings
-    assert (got["eps"], got["eps_from"]) == (0.2, "the file's fine-tuning record")
+    assert (got["eps"], got["eps_from"]) == (0.2, "the model's fine-tuning record")
     plain = robustzoo.create_model("resnet18", width=0.0625, in_chans=1, num_classes=10)
     got = evaluate(plain, data, n=8, attacks=("clean",), progress=False).settings
     assert (got["eps"], got["eps_from"]) == (8 / 255, "the default for a model with no record")
@@ -246,8 +246,11 @@ def test_default_eps_follows_the_weights_not_a_stale_source(tmp_path):
     tuned = zoo.finetune((x, y), num_classes=10, eps=0.2, epochs=1, steps=1, eval_steps=0, batch_size=32,
                          progress=False).model
     got = evaluate(tuned, (x[:8], y[:8]), attacks=("clean",), progress=False).settings
-    assert (got["eps"], got["eps_from"]) == (0.2, "the file's fine-tuning record")
+    assert (got["eps"], got["eps_from"]) == (0.2, "the model's fine-tuning record")
     assert tuned.pretrained_meta["base"] == "rot-adv-r18-w8-fmnist" and "path" not in tuned.pretrained_meta
+    save_pretrained(tuned, tmp_path / "saved", name="mine")  # the documented save keeps the record
+    again = evaluate(load_file(tmp_path / "saved"), (x[:8], y[:8]), attacks=("clean",), progress=False).settings
+    assert (again["eps"], again["eps_from"]) == (0.2, "the model's fine-tuning record")
     stale = {"source": "rot-adv-aft-r18-w8-fmnist", "path": "/elsewhere", "finetune": json.dumps({"eps": 0.3})}
     save_pretrained(zoo, tmp_path / "f", name="x", metadata=stale)
     copy = load_file(tmp_path / "f")

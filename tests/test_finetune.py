@@ -329,3 +329,20 @@ def test_default_eps_is_the_models_own(data, tmp_path):
     save_pretrained(make_model(), tmp_path / "ft", name="mine", metadata={"finetune": '{"eps": 0.2}'})
     assert finetune(load_file(tmp_path / "ft"), data, **fast).settings["eps"] == 0.2
     assert finetune(make_model(), data, **fast).settings["eps"] == pytest.approx(8 / 255)
+
+
+def test_an_interrupted_run_no_longer_claims_its_registry_record(data, monkeypatch):
+    """The weights change from the first step: the registry source goes before training starts, not at the end."""
+    import robustzoo.finetuning as ft
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_run", interrupted)
+    zoo = robustzoo.load("rot-adv-r18-w8-fmnist")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(zoo, data, num_classes=4, **(FAST | {"eps": 0.3}))
+    assert "source" not in zoo.pretrained_meta and zoo.pretrained_meta["base"] == "rot-adv-r18-w8-fmnist"
+    from robustzoo.evaluation import recorded_eps
+
+    assert recorded_eps(zoo) == (0.3, "the model's fine-tuning record")

@@ -105,6 +105,17 @@ def test_push_of_a_loaded_model_sends_no_local_path_or_stale_source(hub_server):
     assert "path" not in meta and "source" not in meta and "finetune" in meta
 
 
+def test_a_pushed_fine_tuned_model_evaluates_by_hub_name_without_data_or_eps(hub_server, tmp_path, capsys):
+    from robustzoo.cli import main
+
+    model = robustzoo.load("rot-adv-aft-r18-w8-fmnist")
+    model.pretrained_meta["dataset"] = "fmnist-mini"  # as `robustzoo finetune --data fmnist-mini` records it
+    commit = robustzoo.push_to_hub(model, "me/ft", name="ft", metrics=None, endpoint=hub_server.endpoint)
+    assert main(["eval", f"hf-hub:me/ft@{commit}", "--endpoint", hub_server.endpoint, "--cache-dir",
+                 str(tmp_path / "cache"), "--n", "16", "--attacks", "clean", "--no-progress"]) == 0
+    assert "data=fmnist-mini:test n=16 eps=0.1 (eps from the model's fine-tuning record)" in capsys.readouterr().out
+
+
 def _write(blob: bytes) -> str:
     import tempfile
 

@@ -46,7 +46,7 @@ def test_every_quickstart_command_runs_as_written(tmp_path):
         assert r.returncode == 0, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
         assert "Traceback" not in r.stderr, line
         if line.startswith("robustzoo eval runs/"):  # the README says the folder brings its own threat model
-            assert "eps=0.1 (eps from the file's fine-tuning record)" in r.stdout, r.stdout
+            assert "eps=0.1 (eps from the model's fine-tuning record)" in r.stdout, r.stdout
 
 
 def test_license_and_project_urls_match_the_metadata():
