@@ -48,7 +48,9 @@ def save_pretrained(
         model: a :class:`~robustzoo.models.ResNet` or :class:`~robustzoo.models.SoftmaxEnsemble`.
         directory: created if missing; existing files are replaced atomically.
         name: the registry name (or any label) recorded in the metadata.
-        metadata: extra string key/values (provenance, recipe, ...) stored in the header.
+        metadata: extra string key/values (provenance, recipe, ...) stored in the header. A fine-tuned
+            model's own record (``finetune``, ``dataset``, ``base`` in ``model.pretrained_meta``) is kept
+            unless ``metadata`` replaces it, so the saved file is evaluated at the eps it was trained at.
 
     Returns:
         The path of the written ``model.safetensors``.
