@@ -49,13 +49,9 @@ def _pixel(args: argparse.Namespace, key: str, default: float) -> float:
 def _load_and_data(args: argparse.Namespace, spec, load):
     """The model and its data set: --data, else the registry record's, else the one a folder written by
     ``robustzoo finetune`` records (a local folder or an ``hf-hub:`` repo pushed from one)."""
-    from .registry import model_info
     from .weights import finetune_record
 
-    if spec is None and not Path(args.name).exists() and ":" not in args.name and "/" not in args.name \
-            and not args.name.endswith(".safetensors"):
-        model_info(args.name)  # a retired or mistyped registry name: its own error (successor, close names)
-    model = load(args.name, args)  # a missing folder or file says so here
+    model = load(args.name, args)  # a retired, mistyped or missing name says so here, in its own words
     data = args.data or (spec.dataset if spec is not None else finetune_record(model).get("dataset"))
     if not data:
         raise DataError(f"{args.name} records no data set (a folder written by `robustzoo finetune --data NAME` "
@@ -104,21 +100,21 @@ def _needs_head(name: str, model) -> None:
 
 def cmd_eval(args: argparse.Namespace, load) -> int:
     from . import __version__
-    from .evaluation import evaluate, recorded_eps
+    from .evaluation import evaluate
 
     spec = record(args.name)
-    _pixel(args, "eps", None)  # a bad --eps fails now, not after the load
-    alpha = _pixel(args, "alpha", None)
+    eps_arg, alpha = _pixel(args, "eps", None), _pixel(args, "alpha", None)  # bad values fail before the load
     target = _json_target(args.json)
     model, data = _load_and_data(args, spec, load)
     _needs_head(args.name, model)
-    # the same default as robustzoo.evaluate: the registry record, the file's fine-tuning record, 8/255
-    eps, source = (_pixel(args, "eps", None), "--eps") if args.eps is not None else recorded_eps(model)
     x, y = _load_data(args, data, args.split, model)
     attacks = tuple(a.strip() for a in args.attacks.split(","))
-    result = evaluate(model, (x, y), eps=eps, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
+    # eps None: evaluate's own default (the registry record, the model's fine-tuning record, 8/255)
+    result = evaluate(model, (x, y), eps=eps_arg, attacks=attacks, alpha=alpha, batch_size=args.batch_size,
                       device=args.device, seed=args.seed, restarts=args.restarts, progress=args.progress)
-    result.settings["eps_from"] = source  # evaluate was handed the number; the report says where it came from
+    if eps_arg is not None:
+        result.settings["eps_from"] = "--eps"  # the command line's name for evaluate's "eps argument"
+    eps, source = result.settings["eps"], result.settings["eps_from"]
     rows = [[k, _pct(v)] for k, v in result.accuracy.items()]
 
     print(_table(rows, ["attack", "accuracy (%)"]))
@@ -229,7 +225,6 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
 
     from .data import dataset_name
     from .finetuning import finetune
-    from .serialization import public_ref
     from .trainer import CHECKPOINT_NAME
     from .weights import save_pretrained
 
@@ -263,12 +258,10 @@ def cmd_finetune(args: argparse.Namespace, load, argv: list[str]) -> int:
             print(f"\ninterrupted before the first epoch finished (nothing saved). Start again with:\n  {again}",
                   file=sys.stderr)
         return 130
-    # the data set and base travel with the weights: `robustzoo eval OUT` needs neither --data nor --eps
-    meta = {"finetune": json.dumps(result.settings, default=str)}
-    if public_ref(args.name):  # a registry name or Hub repo; a local path means nothing elsewhere
-        meta["base"] = args.name
-    if dataset_name(data_name):  # a name only: an ImageFolder path means nothing elsewhere, and is training data
-        meta["dataset"] = dataset_name(data_name)
+    # the model carries its fine-tuning record and base (finetune() marked it); the data set's name joins them,
+    # so `robustzoo eval OUT` needs neither --data nor --eps. A name only: an ImageFolder path means nothing
+    # elsewhere, and is training data
+    meta = {"dataset": dataset_name(data_name)} if dataset_name(data_name) else {}
     path = save_pretrained(result.model, args.out, name=f"{args.name}-{s['mode']}", metadata=meta)
     best = result.history[result.best_epoch - 1] if result.history else {}  # best_epoch is 1-based
     print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {_metric(k, v)}" for k, v in best.items()

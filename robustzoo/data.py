@@ -179,8 +179,7 @@ def dataset_name(text: object) -> str | None:
     (an ImageFolder path, a typo). Only such names are recorded in or read from a weight file's metadata."""
     if not isinstance(text, str):
         return None
-    key = text.strip().lower()
-    key = _ALIASES.get(key, key)
+    key = _ALIASES.get(text.lower(), text.lower())
     return key if key in DATASETS else None
 
 
@@ -219,14 +218,13 @@ def load_data(
         x = _images(data[0])
         y = _labels(data[1], len(x))
     elif isinstance(data, (str, Path)):
-        key = str(data).lower()
-        key = _ALIASES.get(key, key)
-        if key in DATASETS:
+        key = dataset_name(str(data))
+        if key is not None:
             raw_x, raw_y = _named(key, split, root, download)
         elif Path(data).expanduser().is_dir():
             raw_x, raw_y = _image_folder(Path(data).expanduser())
         else:
-            close = difflib.get_close_matches(key, [*DATASETS, *_ALIASES], n=2)
+            close = difflib.get_close_matches(str(data).lower(), [*DATASETS, *_ALIASES], n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise DataError(f"unknown dataset {str(data)!r}{hint} (names: {', '.join(DATASETS)}; "
                             "or a path to an ImageFolder directory)")

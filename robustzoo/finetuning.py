@@ -23,7 +23,6 @@ Modes (what is trained / the loss):
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -303,9 +302,8 @@ def _finish(run: Run, ft: FinetuneSettings, resumed_from: int) -> FinetuneResult
                 "versions": {"robustzoo": __version__, "torch": torch.__version__}}
     mark_finetuned(model, settings)
     if run.checkpoint_dir is not None and hasattr(model, "config"):
-        save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{ft.mode}",
-                        metadata={"finetune": json.dumps(settings, sort_keys=True, default=str),
-                                  "best_epoch": str(state["best_epoch"])})
+        save_pretrained(model, run.checkpoint_dir / "best", name=f"finetune-{ft.mode}",  # carries the record
+                        metadata={"best_epoch": str(state["best_epoch"])})
     stopped = bool(ft.early_stopping) and state["epoch"] < ft.epochs
     return FinetuneResult(model=model, history=state["history"], best_epoch=state["best_epoch"],
                           best_metric=cfg["select"], settings=settings, checkpoint_dir=run.checkpoint_dir,
